@@ -1,0 +1,17 @@
+# DAISY: containerized analysis pipelines for synchrotron X-ray experiments.
+#
+#   snakemake --workflow-profile profiles/workstation --configfile .test/ct-nxtomo/config.yaml
+#   daisy run ct --config my-ct.yaml
+#
+# The config names its pipeline (ct, xrd or copy); its schema is schemas/<pipeline>.schema.json.
+# Only that pipeline's rules are included.
+
+include: "rules/common.smk"
+include: f"rules/{RUN.pipeline}.smk"
+
+
+rule all:
+    input:
+        RUN.targets,
+        RUN.path("provenance.json"),
+    default_target: True

@@ -1,0 +1,1 @@
+"""Pipeline planners: each module's ``plan(run)`` fills ``run.jobs``, ``run.inputs`` and ``run.targets``."""

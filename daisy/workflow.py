@@ -1,0 +1,124 @@
+"""Glue between the Snakefile and DAISY: validated config, the run's plan, job files, images.
+
+The Snakefile calls :func:`setup` once; everything a rule needs (paths, job documents,
+image paths) comes from the returned :class:`Run`, so rules stay declarative and the logic
+stays testable in Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daisy_steps.core import JOB_VERSION
+from daisy_steps.pin import code_sha256
+
+from . import config as configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    """One Snakemake job: a chain of steps of one image, run in one process."""
+
+    name: str
+    image: str
+    steps: list[dict[str, Any]]
+    threads: int = 1
+    mem_mb: int = 1024
+
+
+@dataclass
+class Run:
+    """A validated config and everything derived from it."""
+
+    config: dict[str, Any]
+    pipeline: str
+    outdir: Path
+    jobs: dict[str, Job] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    code_sha256: str = ""
+
+    def path(self, *parts: str) -> str:
+        return str(self.outdir.joinpath(*parts))
+
+    def job_file(self, name: str) -> str:
+        return self.path("jobs", f"{name}.json")
+
+    def record_file(self, name: str) -> str:
+        return self.path("records", f"{name}.json")
+
+    def log_file(self, name: str) -> str:
+        return self.path("logs", f"{name}.log")
+
+    def images(self) -> list[str]:
+        return sorted({job.image for job in self.jobs.values()})
+
+    def image(self, name: str) -> str:
+        """Digest-bearing path of image ``name`` (from the lock)."""
+        from . import containers
+
+        return str(containers.image_path(name))
+
+    def job_document(self, name: str) -> dict[str, Any]:
+        """The job file's content: steps, record path, image digest and code pin."""
+        from . import containers
+
+        job = self.jobs[name]
+        entry = containers.load_lock().get("images", {}).get(job.image, {})
+        return {
+            "job_version": JOB_VERSION, "job": name, "threads": job.threads, "steps": job.steps,
+            "record": self.record_file(name), "code_sha256": self.code_sha256,
+            "image": {"name": job.image, "version": entry.get("version"), "sha256": entry.get("image_sha256")},
+        }
+
+
+def pipeline_module(name: str):
+    return importlib.import_module(f"daisy.pipelines.{name}")
+
+
+def plan(config: dict[str, Any], source: str = "config") -> Run:
+    """Validate ``config`` and plan its jobs (no image check, no side effects)."""
+    cfg = configs.validate(config, source=source)
+    run = Run(config=cfg, pipeline=cfg["pipeline"], outdir=Path(cfg["outdir"]), code_sha256=code_sha256())
+    pipeline_module(run.pipeline).plan(run)
+    return run
+
+
+def bind_paths(run: Run) -> str:
+    """APPTAINER_BIND value: input folders read-only, the output folder read-write, the step
+    code and schemas read-only at /opt/daisy (where the images' PYTHONPATH points)."""
+    binds = [f"{REPO / 'daisy_steps'}:/opt/daisy/daisy_steps:ro", f"{REPO / 'schemas'}:/opt/daisy/schemas:ro"]
+    outdir = run.outdir.resolve()
+    outdir.mkdir(parents=True, exist_ok=True)
+    binds.append(f"{outdir}:{outdir}")
+    for folder in sorted({Path(p).resolve().parent for p in run.inputs}):
+        binds.append(f"{folder}:{folder}:ro")
+    return ",".join(binds)
+
+
+def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
+    """Called by the Snakefile: validate, plan, verify image digests, set container binds."""
+    from . import containers
+
+    run = plan(config)
+    if verify_images:
+        for name in run.images():
+            containers.verify_image(name)
+    binds = bind_paths(run)
+    previous = os.environ.get("DAISY_USER_BIND", os.environ.get("APPTAINER_BIND", ""))
+    os.environ["DAISY_USER_BIND"] = previous
+    os.environ["APPTAINER_BIND"] = ",".join(b for b in (previous, binds) if b)
+    return run
+
+
+def write_job(path: str, document: dict[str, Any]) -> None:
+    """Write a job file atomically (run by the job-file rule on the host)."""
+    from daisy_steps.fileio import write_json_atomic
+
+    write_json_atomic(path, document)

@@ -1,0 +1,286 @@
+"""The step contract: lifecycle classes, the in-memory data store, and the job runner.
+
+A *step* is a class with ``initialize() -> execute() -> finalize()`` (the DaisyAlg of the
+original design). A *job* is a JSON file naming one step or a chain of steps of the same
+image; the chain runs in one process and passes arrays through a :class:`DataStore`, so only
+the ends of a stage touch the disk. See ``docs/step-contract.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__ as steps_version
+from .errors import StepError
+from .fileio import FileRef, OutputSet, sha256_file, write_json_atomic
+from .params import resolve
+
+JOB_VERSION = 1
+RECORD_VERSION = 1
+#: Inputs larger than this are not hashed per job (a slab job would re-hash a whole raw
+#: scan); the run's provenance hashes them once.
+DEFAULT_HASH_LIMIT = 256 * 1024 * 1024
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class DataStore(dict):
+    """Named arrays and values shared by the steps of one job (the original DataStore)."""
+
+    def require(self, key: str, step: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            have = ", ".join(sorted(self)) or "nothing"
+            raise StepError(f"step {step} needs '{key}' in the data store, which holds {have}; "
+                            f"put a step that provides it earlier in the job") from None
+
+
+class JobContext:
+    """What a step may know of its job: file slots, temporary outputs, threads, record extras."""
+
+    def __init__(self, inputs: dict[str, str], outputs: dict[str, str], outset: OutputSet,
+                 threads: int, step: str) -> None:
+        self._inputs = {k: FileRef.parse(v) for k, v in inputs.items()}
+        self._outputs = {k: FileRef.parse(v) for k, v in outputs.items()}
+        self._outset = outset
+        self.threads = threads
+        self.step = step
+        self.extra: dict[str, Any] = {}
+
+    def has_input(self, slot: str) -> bool:
+        return slot in self._inputs
+
+    def input(self, slot: str) -> FileRef:
+        """The input file (and dataset) bound to ``slot``; it must exist."""
+        try:
+            ref = self._inputs[slot]
+        except KeyError:
+            raise StepError(f"step {self.step}: input '{slot}' is not given in the job file") from None
+        if not ref.path.is_file():
+            raise StepError(f"step {self.step}: input file {ref.path} does not exist")
+        return ref
+
+    def has_output(self, slot: str) -> bool:
+        return slot in self._outputs
+
+    def output(self, slot: str) -> FileRef:
+        """A temporary file for output ``slot``; renamed to its final name when the job succeeds."""
+        try:
+            ref = self._outputs[slot]
+        except KeyError:
+            raise StepError(f"step {self.step}: output '{slot}' is not given in the job file") from None
+        return FileRef(self._outset.temporary(ref.path), ref.dataset)
+
+    def final_output(self, slot: str) -> FileRef:
+        """The final name of output ``slot`` (for links between outputs, never for writing)."""
+        return self._outputs[slot]
+
+
+class Step:
+    """Base class of every DAISY step.
+
+    Subclasses set ``name`` (``family.action``), ``version``, ``image`` (where it runs) and
+    ``libraries`` (recorded with their versions), and implement :meth:`execute`.
+    Parameters arrive validated, with the defaults of ``schemas/steps/<name>.schema.json``.
+    """
+
+    name = "step"
+    version = "0.0.0"
+    image = "base"
+    libraries: tuple[str, ...] = ("numpy", "h5py")
+
+    def __init__(self, params: dict[str, Any], store: DataStore, ctx: JobContext) -> None:
+        self.params = params
+        self.store = store
+        self.ctx = ctx
+        self.log = logging.getLogger(f"daisy.{self.name}")
+
+    def initialize(self) -> None:
+        """Check inputs and prepare; touch no output."""
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+    def finalize(self) -> None:
+        """Release resources; runs after execute, also when it failed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+# ---------------------------------------------------------------------------------------------
+
+def step_class(name: str) -> type[Step]:
+    """Import the class registered under ``name`` (lazily: a step's library is only
+    imported when that step runs)."""
+    import importlib
+
+    from .registry import STEPS
+
+    try:
+        target = STEPS[name]
+    except KeyError:
+        raise StepError(f"unknown step '{name}' (known: {', '.join(sorted(STEPS))})") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+# ---------------------------------------------------------------------------------------------
+# versions and records
+# ---------------------------------------------------------------------------------------------
+
+def _dpkg_version(package: str) -> str | None:
+    try:
+        text = Path("/var/lib/dpkg/status").read_text(errors="replace")
+    except OSError:
+        return None
+    for block in text.split("\n\n"):
+        if f"Package: {package}\n" in block + "\n":
+            for line in block.splitlines():
+                if line.startswith("Version: "):
+                    return line.split(": ", 1)[1]
+    return None
+
+
+def library_versions(names) -> dict[str, str]:
+    """Versions of the libraries a step uses (Debian's version where the module lies)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "daisy_steps": steps_version}
+    for name in names:
+        version = None
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+        if version in (None, "0.0.0"):
+            version = _dpkg_version(f"python3-{name.lower()}") or version
+        if version is None:
+            module = sys.modules.get(name)
+            version = getattr(module, "__version__", None)
+        out[name] = version or "unknown"
+    return out
+
+
+def _describe(path: Path, hash_limit: int) -> dict[str, Any]:
+    info: dict[str, Any] = {"size": path.stat().st_size}
+    info["sha256"] = sha256_file(path) if info["size"] <= hash_limit else None
+    if info["sha256"] is None:
+        info["note"] = f"larger than {hash_limit} bytes: hashed once in the run's provenance"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# the job runner
+# ---------------------------------------------------------------------------------------------
+
+def load_job(path: str | os.PathLike, single_step: str | None = None) -> dict[str, Any]:
+    """Read a job file. With ``single_step``, the file may hold just params/inputs/outputs."""
+    path = Path(path)
+    try:
+        job = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StepError(f"job file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise StepError(f"job file {path} is not valid JSON: {exc}") from None
+    if not isinstance(job, dict):
+        raise StepError(f"job file {path}: expected a JSON object")
+    version = job.get("job_version", JOB_VERSION)
+    if version != JOB_VERSION:
+        raise StepError(f"job file {path}: job_version {version} is not supported (this is {JOB_VERSION})")
+    if single_step is not None and "steps" not in job:
+        entry = {k: job[k] for k in ("params", "inputs", "outputs") if k in job}
+        job = {**{k: v for k, v in job.items() if k not in entry}, "steps": [{"step": single_step, **entry}]}
+    if not isinstance(job.get("steps"), list) or not job["steps"]:
+        raise StepError(f"job file {path}: 'steps' must be a non-empty list")
+    job.setdefault("job", path.stem)
+    return job
+
+
+def _check_paths(job: dict[str, Any]) -> None:
+    inputs = {FileRef.parse(v).path.resolve() for s in job["steps"] for v in s.get("inputs", {}).values()}
+    for entry in job["steps"]:
+        for slot, text in entry.get("outputs", {}).items():
+            if FileRef.parse(text).path.resolve() in inputs:
+                raise StepError(f"step {entry['step']}: output '{slot}' ({text}) would overwrite an input")
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run every step of ``job`` in order in this process; return the record.
+
+    All parameters are validated before any data is touched. Outputs are committed only if
+    every step succeeds; otherwise they are removed and the error propagates.
+    """
+    log = logging.getLogger("daisy.job")
+    code = check_code_pin(job)
+    threads = int(job.get("threads") or os.cpu_count() or 1)
+    hash_limit = int(job.get("hash_limit", DEFAULT_HASH_LIMIT))
+    prepared = []
+    for index, entry in enumerate(job["steps"]):
+        name = entry.get("step")
+        cls = step_class(name)
+        params = resolve(f"steps/{name}", entry.get("params", {}), what=f"step {name} (#{index + 1})")
+        prepared.append((cls, entry, params))
+    _check_paths(job)
+
+    store = DataStore()
+    outset = OutputSet()
+    record: dict[str, Any] = {
+        "record_version": RECORD_VERSION, "job": job["job"], "host": socket.gethostname(),
+        "image": job.get("image"), "code_sha256": code, "started": now(), "steps": [],
+    }
+    libraries: dict[str, str] = {}
+    try:
+        for cls, entry, params in prepared:
+            ctx = JobContext(entry.get("inputs", {}), entry.get("outputs", {}), outset, threads, cls.name)
+            step = cls(params, store, ctx)
+            started, clock = now(), time.perf_counter()
+            log.info("%s %s: start", cls.name, cls.version)
+            try:
+                step.initialize()
+                step.execute()
+            finally:
+                step.finalize()
+            seconds = time.perf_counter() - clock
+            log.info("%s: done in %.3f s", cls.name, seconds)
+            libraries.update(library_versions(cls.libraries))
+            record["steps"].append({
+                "step": cls.name, "version": cls.version, "image": cls.image, "params": params,
+                "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
+                "started": started, "ended": now(), "seconds": round(seconds, 6), "results": ctx.extra,
+            })
+        finals = outset.commit()
+    except BaseException:
+        outset.discard()
+        raise
+    input_paths = {FileRef.parse(v).path for s in job["steps"] for v in s.get("inputs", {}).values()}
+    record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(input_paths) if p.is_file()}
+    record["outputs"] = {str(p): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in finals}
+    record["libraries"] = libraries
+    record["ended"] = now()
+    if job.get("record"):
+        write_json_atomic(job["record"], record)
+    return record
+
+
+def check_code_pin(job: dict[str, Any]) -> str:
+    """Refuse to run if the job was planned for other step code than the one imported here."""
+    from .pin import code_sha256
+
+    actual = code_sha256()
+    expected = job.get("code_sha256")
+    if expected and expected != actual:
+        raise StepError(f"step code differs from the code this job was planned with: "
+                        f"job says {expected[:16]}..., daisy_steps here hashes to {actual[:16]}...; "
+                        f"re-plan the run (daisy run) or check out the code of the archived run")
+    return actual

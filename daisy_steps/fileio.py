@@ -1,0 +1,104 @@
+"""File references, atomic outputs and content hashes.
+
+A file reference is ``path`` or ``path:/dataset/path`` (an HDF5 file and a dataset in it).
+Outputs are written under a temporary name in the destination folder and renamed only when
+the whole job has succeeded; on failure they are removed, so no partial output is ever left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StepError
+
+HASH_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file, optionally with an HDF5 dataset path inside it."""
+
+    path: Path
+    dataset: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "FileRef":
+        head, sep, tail = str(text).rpartition(":/")
+        if sep and head:
+            return cls(Path(head), "/" + tail)
+        return cls(Path(text), None)
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.dataset}" if self.dataset else str(self.path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OutputSet:
+    """Temporary output files of one job, committed together or removed together."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, Path] = {}
+
+    def temporary(self, final: str | os.PathLike) -> Path:
+        """A temporary path beside ``final``; it becomes ``final`` on :meth:`commit`."""
+        final = Path(final)
+        if final in self._pending:
+            return self._pending[final]
+        folder = final.parent
+        if not folder.is_dir():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StepError(f"cannot create output folder {folder}: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise StepError(f"output folder {folder} is not writable")
+        tmp = folder / f".{final.name}.part-{os.getpid()}"
+        self._pending[final] = tmp
+        return tmp
+
+    def commit(self) -> list[Path]:
+        """Rename every temporary file to its final name; return the final paths."""
+        done = []
+        for final, tmp in self._pending.items():
+            if not tmp.exists():
+                raise StepError(f"output {final} was declared but never written")
+        for final, tmp in self._pending.items():
+            os.replace(tmp, final)
+            done.append(final)
+        self._pending.clear()
+        return done
+
+    def discard(self) -> None:
+        """Remove every temporary file (after a failure)."""
+        for tmp in self._pending.values():
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+        self._pending.clear()
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.part-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

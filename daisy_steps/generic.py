@@ -1,0 +1,43 @@
+"""Generic HDF5 load and save steps (base image)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core import Step
+from .errors import StepError
+from .h5 import open_dataset, write_array
+
+
+class LoadHDF5(Step):
+    """Read one dataset (or a slice of its first axis) into the data store."""
+
+    name = "hdf5.load"
+    version = "1.0.0"
+    image = "base"
+    libraries = ("numpy", "h5py", "hdf5plugin")
+
+    def execute(self) -> None:
+        ref = self.ctx.input("source")
+        start, stop = self.params["start"], self.params["stop"]
+        with open_dataset(ref) as dset:
+            stop = dset.shape[0] if stop is None else stop
+            if not 0 <= start < stop <= dset.shape[0]:
+                raise StepError(f"{ref}: rows {start}:{stop} outside the first axis of length {dset.shape[0]}")
+            self.store[self.params["key"]] = np.asarray(dset[start:stop])
+        self.log.info("loaded %s rows %d:%d", ref, start, stop)
+
+
+class SaveHDF5(Step):
+    """Write one array of the data store to an HDF5 dataset (chunked, compressed)."""
+
+    name = "hdf5.save"
+    version = "1.0.0"
+    image = "base"
+    libraries = ("numpy", "h5py")
+
+    def execute(self) -> None:
+        data = self.store.require(self.params["key"], self.name)
+        ref = self.ctx.output("target")
+        write_array(ref, np.asarray(data), compression=self.params["compression"])
+        self.log.info("wrote %s %s %s", self.ctx.final_output("target"), data.shape, data.dtype)

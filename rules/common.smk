@@ -1,0 +1,60 @@
+# Config validation, planning, image digests, job files and provenance: shared by all pipelines.
+
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from daisy import workflow as daisy_workflow  # noqa: E402
+
+
+if not config:
+    raise WorkflowError(
+        "no config given: pass --configfile FILE (examples in .test/*/config.yaml) or use 'daisy run'"
+    )
+
+# Validates the config (defaults filled in), plans the jobs, checks every image's sha256
+# against containers/images.lock.json and sets the container binds: nothing runs otherwise.
+RUN = daisy_workflow.setup(config)
+
+
+def job_file(name):
+    return RUN.job_file(name)
+
+
+def record_file(name):
+    return RUN.record_file(name)
+
+
+def log_file(name):
+    return RUN.log_file(name)
+
+
+def image(name):
+    return RUN.image(name)
+
+
+rule job_file:
+    output:
+        RUN.path("jobs", "{job}.json"),
+    params:
+        document=lambda wildcards: RUN.job_document(wildcards.job),
+    log:
+        RUN.path("logs", "jobs", "{job}.log"),
+    localrule: True
+    run:
+        daisy_workflow.write_job(output[0], params.document)
+
+
+rule provenance:
+    input:
+        records=[record_file(name) for name in RUN.jobs],
+        targets=RUN.targets,
+    output:
+        RUN.path("provenance.json"),
+    log:
+        RUN.path("logs", "provenance.log"),
+    localrule: True
+    run:
+        from daisy import provenance
+
+        provenance.write(RUN, output[0])

@@ -1,0 +1,36 @@
+"""Shared fixtures. Apptainer tests need the images built (``daisy containers build``);
+they skip locally when an image is missing but fail under CI (``CI=true``), where the
+README's test command has built them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def require_image(name: str) -> Path:
+    """Path of a built image, or skip (locally) / fail (CI) with the reason."""
+    from daisy import containers
+
+    try:
+        path = containers.image_path(name)
+    except Exception as exc:  # ImageError: not built
+        reason = f"image {name!r} not available: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if shutil.which("apptainer") is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("apptainer is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

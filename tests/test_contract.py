@@ -1,0 +1,142 @@
+"""The step contract: schemas with defaults and errors, atomic outputs, records, the job runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from daisy_steps import params
+from daisy_steps.core import load_job, run_job
+from daisy_steps.errors import ParamError, StepError
+from daisy_steps.fileio import FileRef, OutputSet, sha256_file
+
+
+def test_defaults_are_filled():
+    assert params.resolve("steps/hdf5.save", {}) == {"key": "data", "compression": "gzip"}
+    assert params.resolve("steps/hdf5.load", {"stop": 3}) == {"key": "data", "start": 0, "stop": 3}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"compression": "zip"}, ["compression", "'zip'", "gzip", "lzf", "none"]),
+    ({"key": 3}, ["key", "not of type", "string"]),
+    ({"colour": "red"}, ["unknown key 'colour'", "allowed: compression, key"]),
+])
+def test_param_errors_name_the_field_and_allowed_values(bad, words):
+    with pytest.raises(ParamError) as err:
+        params.resolve("steps/hdf5.save", bad)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_range_error_names_field():
+    with pytest.raises(ParamError, match=r"field 'start': -1 is less than the minimum of 0"):
+        params.resolve("steps/hdf5.load", {"start": -1})
+
+
+def test_fileref_parse():
+    assert FileRef.parse("raw.h5:/entry/tomo") == FileRef(__import__("pathlib").Path("raw.h5"), "/entry/tomo")
+    assert FileRef.parse("dir/raw.h5").dataset is None
+
+
+def test_outputset_commits_or_discards(tmp_path):
+    outs = OutputSet()
+    tmp = outs.temporary(tmp_path / "a.h5")
+    tmp.write_text("x")
+    assert not (tmp_path / "a.h5").exists()
+    outs.commit()
+    assert (tmp_path / "a.h5").read_text() == "x"
+    outs = OutputSet()
+    outs.temporary(tmp_path / "b.h5").write_text("y")
+    outs.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
+def _raw(tmp_path):
+    raw = tmp_path / "in" / "raw.h5"
+    raw.parent.mkdir()
+    with h5py.File(raw, "w") as handle:
+        handle["/entry/tomo"] = np.arange(60, dtype=np.float32).reshape(5, 3, 4)
+    return raw
+
+
+def _job(raw, out, **extra):
+    job = {"job_version": 1, "job": "t", "steps": [
+        {"step": "hdf5.load", "inputs": {"source": f"{raw}:/entry/tomo"}, "params": {"start": 1, "stop": 4}},
+        {"step": "hdf5.save", "outputs": {"target": f"{out}:/entry/data/data"}},
+    ], "record": str(out.parent / "record.json")}
+    job.update(extra)
+    return job
+
+
+def test_chain_runs_in_memory_and_records(tmp_path):
+    raw = _raw(tmp_path)
+    before = sha256_file(raw)
+    out = tmp_path / "out" / "o.h5"
+    record = run_job(_job(raw, out))
+    with h5py.File(out) as handle:
+        np.testing.assert_array_equal(handle["/entry/data/data"][()], np.arange(12, 48, dtype=np.float32).reshape(3, 3, 4))
+    assert sha256_file(raw) == before
+    saved = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert saved["outputs"][str(out)]["sha256"] == sha256_file(out)
+    assert saved["inputs"][str(raw)]["sha256"] == before
+    assert [s["step"] for s in saved["steps"]] == ["hdf5.load", "hdf5.save"]
+    assert saved["steps"][1]["params"] == {"key": "data", "compression": "gzip"}
+    assert {"numpy", "h5py", "python"} <= set(saved["libraries"])
+    assert saved["code_sha256"] and saved["started"] <= saved["ended"]
+    assert record["job"] == "t"
+
+
+def test_failure_leaves_no_output(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    job = _job(raw, out)
+    job["steps"].append({"step": "hdf5.load", "inputs": {"source": f"{raw}:/entry/missing"}})
+    with pytest.raises(StepError, match=r"raw.h5: dataset /entry/missing does not exist"):
+        run_job(job)
+    assert not out.exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_params_checked_before_any_data(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    job = _job(raw, out)
+    job["steps"][1]["params"] = {"compression": "zip"}
+    with pytest.raises(ParamError, match="step hdf5.save"):
+        run_job(job)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_may_not_overwrite_input(tmp_path):
+    raw = _raw(tmp_path)
+    with pytest.raises(StepError, match="would overwrite an input"):
+        run_job(_job(raw, raw))
+
+
+def test_code_pin_mismatch_is_refused(tmp_path):
+    raw = _raw(tmp_path)
+    with pytest.raises(StepError, match="step code differs"):
+        run_job(_job(raw, tmp_path / "out" / "o.h5", code_sha256="0" * 64))
+
+
+def test_single_step_job_file_and_cli_exit_code(tmp_path, repo):
+    raw = _raw(tmp_path)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"inputs": {"source": f"{raw}:/entry/nope"}}))
+    loaded = load_job(job, single_step="hdf5.load")
+    assert loaded["steps"][0]["step"] == "hdf5.load"
+    proc = subprocess.run([sys.executable, "-m", "daisy_steps", "hdf5.load", "--job", str(job)],
+                          cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "dataset /entry/nope does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_step_is_named(tmp_path):
+    with pytest.raises(StepError, match="unknown step 'ct.nope'"):
+        run_job({"job": "x", "steps": [{"step": "ct.nope"}]})
