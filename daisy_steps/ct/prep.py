@@ -1,0 +1,149 @@
+"""Pre-processing steps on projections: flat/dark normalization, angles, minus-log, stripes.
+
+They work in place on the data-store key ``proj`` (projections, angles x rows x columns) so
+that a slab job holds one copy of its slab; tomopy is imported only when a step runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import Step
+from ..errors import StepError
+
+
+class Normalize(Step):
+    """``(proj - dark) / (flat - dark)`` with tomopy.normalize, then the DAISY guard.
+
+    Guard (documented in docs/ct-steps.md): detector pixels whose averaged flat minus averaged
+    dark is below ``min_flat_minus_dark`` (zero, negative or not finite) are *dead*: their
+    normalized value is set to ``dead_value`` in every projection. Remaining values are clipped
+    below at ``min_transmission`` (and above at ``cutoff`` if given), and any non-finite value
+    becomes ``dead_value``, so the output is finite and positive and minus-log is safe.
+    """
+
+    name = "ct.normalize"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy", "tomopy", "numexpr")
+
+    def execute(self) -> None:
+        import tomopy
+
+        proj = self.store.require("proj", self.name)
+        flat = self.store.require("flat", self.name)
+        dark = self.store.require("dark", self.name)
+        p = self.params
+        if flat.shape[1:] != proj.shape[1:] or dark.shape[1:] != proj.shape[1:]:
+            raise StepError(f"{self.name}: flats {flat.shape} / darks {dark.shape} do not have the frame shape "
+                            f"of the projections {proj.shape}")
+        if p["averaging"] == "mean":
+            flat_avg = np.mean(flat, axis=0, dtype=np.float32)
+            dark_avg = np.mean(dark, axis=0, dtype=np.float32)
+        else:
+            flat_avg = np.median(flat, axis=0).astype(np.float32)
+            dark_avg = np.median(dark, axis=0).astype(np.float32)
+        # 2D averages: tomopy's own mean over one frame returns them unchanged
+        out = tomopy.normalize(proj, flat_avg, dark_avg, cutoff=p["cutoff"], ncore=self.ctx.threads)
+        out = np.asarray(out, dtype=np.float32)
+        dead = ~(flat_avg - dark_avg >= np.float32(p["min_flat_minus_dark"]))
+        n_dead = int(dead.sum())
+        if n_dead:
+            out[:, dead] = np.float32(p["dead_value"])
+        bad = ~np.isfinite(out)
+        n_bad = int(bad.sum())
+        if n_bad:
+            out[bad] = np.float32(p["dead_value"])
+        low = out < np.float32(p["min_transmission"])
+        n_low = int(low.sum())
+        if n_low:
+            out[low] = np.float32(p["min_transmission"])
+        del self.store["flat"], self.store["dark"]
+        self.store["proj"] = out
+        self.ctx.extra.update(dead_pixels=n_dead, non_finite_values=n_bad, clipped_low=n_low)
+        if n_dead or n_bad:
+            self.log.warning("%d dead detector pixels (flat - dark < %g) and %d non-finite values set to %g",
+                             n_dead, p["min_flat_minus_dark"], n_bad, p["dead_value"])
+
+
+class Angles(Step):
+    """Rotation angles (radians) for the projections: from the raw file or from a range."""
+
+    name = "ct.angles"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy",)
+
+    def execute(self) -> None:
+        proj = self.store.require("proj", self.name)
+        count = proj.shape[0]
+        p = self.params
+        source = p["source"]
+        from_file = self.store.get("theta_file")
+        if source == "auto":
+            source = "file" if from_file is not None else "range"
+        if source == "file":
+            if from_file is None:
+                raise StepError(f"{self.name}: source 'file' but the raw file {self.store.get('raw_file', '?')} has "
+                                f"no angle dataset (see ct.load's angles_path); use source 'range'")
+            if from_file.size != count:
+                raise StepError(f"{self.name}: {from_file.size} angles from the file but {count} projections")
+            theta = np.asarray(from_file, dtype=np.float32)
+        else:
+            theta = np.linspace(np.deg2rad(p["start_deg"]), np.deg2rad(p["end_deg"]), count,
+                                endpoint=p["endpoint"]).astype(np.float32)
+        self.store["theta"] = theta
+        self.ctx.extra.update(angle_source=source, n_angles=int(count),
+                              first_deg=float(np.rad2deg(theta[0])), last_deg=float(np.rad2deg(theta[-1])))
+
+
+class MinusLog(Step):
+    """Attenuation ``-log(transmission)`` with tomopy.minus_log, in place."""
+
+    name = "ct.minus_log"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy", "tomopy", "numexpr")
+
+    def execute(self) -> None:
+        import tomopy
+
+        proj = self.store.require("proj", self.name)
+        if proj.dtype != np.float32:
+            raise StepError(f"{self.name}: projections are {proj.dtype}, not normalized float32; "
+                            f"put ct.normalize before ct.minus_log")
+        out = tomopy.minus_log(proj, ncore=self.ctx.threads, out=proj)
+        bad = int((~np.isfinite(out)).sum())
+        if bad:
+            raise StepError(f"{self.name}: {bad} non-finite values after minus-log (transmission <= 0); "
+                            f"ct.normalize's guard prevents this")
+        self.store["proj"] = out
+
+
+class Stripe(Step):
+    """Stripe (ring-artefact) removal on the sinograms: none, fw (Fourier-wavelet, Munch),
+    ti (Titarenko) or sf (smoothing filter) from tomopy.prep.stripe."""
+
+    name = "ct.stripe"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy", "tomopy", "pywt")
+
+    def execute(self) -> None:
+        proj = self.store.require("proj", self.name)
+        p = self.params
+        method = p["method"]
+        self.ctx.extra["method"] = method
+        if method == "none":
+            return
+        import tomopy
+
+        n = self.ctx.threads
+        if method == "fw":
+            out = tomopy.remove_stripe_fw(proj, level=p["fw_level"], wname=p["fw_wname"], sigma=p["fw_sigma"],
+                                          pad=p["fw_pad"], ncore=n)
+        elif method == "ti":
+            out = tomopy.remove_stripe_ti(proj, nblock=p["ti_nblock"], alpha=p["ti_alpha"], ncore=n)
+        else:
+            out = tomopy.remove_stripe_sf(proj, size=p["sf_size"], ncore=n)
+        self.store["proj"] = np.asarray(out, dtype=np.float32)

@@ -1,0 +1,94 @@
+"""ct.recon: tomographic reconstruction of the slab in the store with tomopy.recon."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..core import Step
+from ..errors import StepError
+
+ANALYTIC = ("gridrec", "fbp")
+ITERATIVE = ("sirt", "mlem")
+
+
+def recon_chunk(rows: int, threads: int) -> int:
+    """Slices per tomopy worker: an even number, so that gridrec (which reconstructs slices in
+    pairs, packed as real and imaginary parts of one FFT) pairs the same detector rows whatever
+    the slab or thread count, provided slabs start on even rows (see ct.slabs.plan_slabs)."""
+    per_thread = math.ceil(rows / max(1, threads))
+    return max(2, per_thread + per_thread % 2)
+
+
+def read_center(path) -> float:
+    """The ``center`` number of a ct.find_center JSON output."""
+    try:
+        data = json.loads(path.read_text())
+        return float(data["center"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StepError(f"centre file {path}: no number under 'center' ({exc})") from None
+
+
+class Recon(Step):
+    """Reconstruct ``proj`` (minus-logged, angles x rows x columns) with ``theta`` into ``recon``
+    (rows x N x N float32, N = detector columns), optionally masked outside a circle.
+
+    The centre is, first found of: the field ``center``; input slot ``center`` (ct.find_center's
+    JSON); ``center`` in the store (ct.find_center earlier in this job).
+    """
+
+    name = "ct.recon"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy", "tomopy")
+
+    def execute(self) -> None:
+        import tomopy
+
+        p = self.params
+        proj = self.store.require("proj", self.name)
+        theta = self.store.require("theta", self.name)
+        if proj.dtype != np.float32:
+            raise StepError(f"{self.name}: projections are {proj.dtype}; reconstruct minus-logged float32 data")
+        if theta.size != proj.shape[0]:
+            raise StepError(f"{self.name}: {theta.size} angles but {proj.shape[0]} projections")
+        center, source = self._center()
+        r0, _ = self.store.get("rows", (0, proj.shape[1]))
+        algorithm = p["algorithm"]
+        kwargs = {}
+        if algorithm in ANALYTIC:
+            kwargs["filter_name"] = p["filter_name"]
+        else:
+            kwargs["num_iter"] = p["num_iter"]
+        if algorithm == "gridrec" and r0 % 2:
+            self.log.warning("slab starts on odd detector row %d: gridrec pairs rows differently than an "
+                             "unchunked run, so results differ in the last bits", r0)
+        rows = proj.shape[1]
+        recon = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
+                             sinogram_order=False, ncore=self.ctx.threads,
+                             nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
+        del proj
+        self.store.pop("proj", None)  # free the slab's projections before masking
+        recon = np.asarray(recon, dtype=np.float32)
+        if p["circ_mask_ratio"] is not None:
+            recon = tomopy.circ_mask(recon, axis=0, ratio=p["circ_mask_ratio"], val=p["circ_mask_value"],
+                                     ncore=self.ctx.threads)
+            recon = np.asarray(recon, dtype=np.float32)
+        info = {"algorithm": algorithm, "center": center, "center_source": source, **kwargs,
+                "circ_mask_ratio": p["circ_mask_ratio"]}
+        self.store["recon"] = recon
+        self.store["recon_info"] = info
+        self.ctx.extra.update(info, shape=list(recon.shape))
+
+    def _center(self) -> tuple[float, str]:
+        if self.params["center"] is not None:
+            return float(self.params["center"]), "params"
+        if self.ctx.has_input("center"):
+            ref = self.ctx.input("center")
+            return read_center(ref.path), str(ref.path)
+        if "center" in self.store:
+            return float(self.store["center"]), "ct.find_center"
+        raise StepError(f"{self.name}: no rotation centre: give the field 'center', the input slot 'center' "
+                        f"(a ct.find_center output) or run ct.find_center earlier in the job")

@@ -1,0 +1,78 @@
+"""End to end through Snakemake and a real image: the minimal load -> save pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from daisy_steps.fileio import sha256_file
+
+from .conftest import require_image
+from .workflow_helpers import REPO, daisy, snakemake
+
+pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    require_image("base")
+    (tmp_path / "data").mkdir()
+    with h5py.File(tmp_path / "data" / "raw.h5", "w") as handle:
+        handle["/entry/tomo"] = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    return tmp_path
+
+
+def test_plain_snakemake_runs_copy_in_image(workdir):
+    raw = workdir / "data" / "raw.h5"
+    before = sha256_file(raw)
+    snakemake(workdir, REPO / ".test" / "copy" / "config.yaml")
+    out = workdir / "results" / "copy" / "copy" / "data.h5"
+    with h5py.File(out) as handle, h5py.File(raw) as source:
+        np.testing.assert_array_equal(handle["/entry/data/data"][()], source["/entry/tomo"][()])
+    assert sha256_file(raw) == before
+    prov = json.loads((workdir / "results" / "copy" / "provenance.json").read_text())
+    from daisy import containers
+    assert prov["images"]["base"]["image_sha256"] == containers.load_lock()["images"]["base"]["image_sha256"]
+    assert prov["outputs"][str(out.relative_to(workdir))]["sha256"] == sha256_file(out)
+    assert prov["inputs"]["data/raw.h5"]["sha256"] == before
+    record = prov["jobs"]["copy"]
+    assert record["image"]["name"] == "base" and record["libraries"]["python"].startswith("3.13")
+    # a second run has nothing to do
+    again = snakemake(workdir, REPO / ".test" / "copy" / "config.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_daisy_run_and_validate(workdir):
+    cfg = REPO / ".test" / "copy" / "config.yaml"
+    ok = daisy("validate", str(cfg), cwd=workdir)
+    assert ok.returncode == 0, ok.stderr
+    res = daisy("run", "copy", "--config", str(cfg), "--cores", "1", cwd=workdir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "provenance" in res.stdout
+    assert (workdir / "results" / "copy" / "provenance.json").is_file()
+
+
+def test_corrupted_image_refuses_the_run(workdir, tmp_path_factory):
+    from daisy import containers
+
+    entry = containers.load_lock()["images"]["base"]
+    cache = tmp_path_factory.mktemp("cache")
+    copy = cache / containers.image_path("base").name
+    shutil.copyfile(containers.image_path("base"), copy)
+    with open(copy, "r+b") as handle:  # flip one byte in the middle of the image
+        handle.seek(copy.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    env = {"DAISY_IMAGE_CACHE": str(cache)}
+    proc = snakemake(workdir, REPO / ".test" / "copy" / "config.yaml", env=env, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "base" in text and entry["image_sha256"] in text
+    assert not (workdir / "results" / "copy" / "copy" / "data.h5").exists()
+    res = daisy("run", "copy", "--config", str(REPO / ".test" / "copy" / "config.yaml"), cwd=workdir, env=env)
+    assert res.returncode == 2 and "base" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,28 @@
+"""Running DAISY's Snakemake workflow in a scratch working directory, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, configfile: Path, *extra: str, profile: str = "workstation",
+              env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Plain ``snakemake --workflow-profile profiles/<profile>`` with ``workdir`` as working directory."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--workflow-profile", str(REPO / "profiles" / profile), "--configfile", str(configfile),
+           "--directory", str(workdir), "--cores", "2", *extra]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and proc.returncode:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def daisy(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The ``daisy`` command line, as a subprocess."""
+    return subprocess.run([sys.executable, "-m", "daisy", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
