@@ -336,6 +336,7 @@ def _run_build(name: str, deffile: Path, target: Path, build_args: dict, needs_c
     for sub in ("tmp", "var-tmp"):
         shutil.rmtree(private_tmp / sub, ignore_errors=True)
         (private_tmp / sub).mkdir(parents=True)
+        os.chmod(private_tmp / sub, 0o1777)      # apt's _apt sandbox user writes there too
     cmd = [APPTAINER, "build", "--fakeroot",
            # %post sees the HOST's /tmp and /var/tmp during a build; shield them.
            "--bind", f"{private_tmp / 'tmp'}:/tmp", "--bind", f"{private_tmp / 'var-tmp'}:/var/tmp"]

@@ -42,6 +42,8 @@ class Run:
     jobs: dict[str, Job] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
+    slabs: list[tuple[int, int]] = field(default_factory=list)
+    blocks: list[tuple[int, int]] = field(default_factory=list)
     code_sha256: str = ""
 
     def path(self, *parts: str) -> str:
@@ -122,3 +124,34 @@ def write_job(path: str, document: dict[str, Any]) -> None:
     from daisy_steps.fileio import write_json_atomic
 
     write_json_atomic(path, document)
+
+
+def run_job_in_image(image: str, document: dict[str, Any], job_path: Path, outdir: Path,
+                     inputs: tuple = (), quiet: bool = True) -> None:
+    """Run one job document in ``image`` outside Snakemake (sample data, tests, benchmarks).
+
+    The job file and outputs live under ``outdir`` (bound read-write); ``inputs`` are bound
+    read-only; the digest is verified first.
+    """
+    import subprocess
+
+    from daisy_steps.errors import StepError
+
+    from . import containers
+
+    document = {"job_version": JOB_VERSION, "code_sha256": code_sha256(), **document}
+    job_path = Path(job_path)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_job(str(job_path), document)
+    argv = ["python3", "-m", "daisy_steps", "run", "--job", str(job_path.resolve())]
+    if quiet:
+        argv.append("--quiet")
+    schemas = REPO / "schemas"
+    containers.verify_image(image)
+    cmd = containers.exec_argv(image, argv, binds_ro=[schemas, *sorted({Path(p).resolve().parent for p in inputs})],
+                               binds_rw=[outdir], env={"DAISY_SCHEMAS": str(schemas)})
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("daisy step")] or proc.stderr.splitlines()[-5:]
+        raise StepError(f"job {document.get('job')} in image {image} failed: " + " | ".join(lines))

@@ -61,6 +61,10 @@ class JobContext:
     def has_input(self, slot: str) -> bool:
         return slot in self._inputs
 
+    def input_slots(self) -> list[str]:
+        """Names of the input slots given in the job file."""
+        return list(self._inputs)
+
     def input(self, slot: str) -> FileRef:
         """The input file (and dataset) bound to ``slot``; it must exist."""
         try:

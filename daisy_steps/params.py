@@ -121,11 +121,25 @@ def _filling_validator():
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
 
+    def default_of(validator, sub):
+        """The property's default, also when the property is only a ``$ref``."""
+        if not isinstance(sub, dict):
+            return None, False
+        if "default" in sub:
+            return sub["default"], True
+        if "$ref" in sub:
+            target = validator._resolver.lookup(sub["$ref"]).contents
+            if isinstance(target, dict) and "default" in target:
+                return target["default"], True
+        return None, False
+
     def properties_with_defaults(validator, properties, instance, schema):
         if validator.is_type(instance, "object"):
             for prop, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and prop not in instance:
-                    instance[prop] = copy.deepcopy(sub["default"])
+                if prop not in instance:
+                    value, found = default_of(validator, sub)
+                    if found:
+                        instance[prop] = copy.deepcopy(value)
         yield from validate_properties(validator, properties, instance, schema)
 
     return validators.extend(base, {"properties": properties_with_defaults})

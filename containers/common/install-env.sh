@@ -20,7 +20,10 @@ case "$cmd" in
     echo "deb $mirror trixie $*" > /etc/apt/sources.list
     rm -rf /etc/apt/sources.list.d/*
     log "apt-get update (trixie: $*)"
-    apt-get -q update
+    # apt-get update only warns when an index cannot be fetched or verified: make that fatal
+    out=$(apt-get -q update 2>&1) || { echo "$out"; exit 1; }
+    echo "$out"
+    if echo "$out" | grep -q '^[WE]: '; then echo "ERROR: apt-get update reported problems" >&2; exit 1; fi
     ;;
   apt)
     log "apt-get install from $1: $(read_list "$1" | tr '\n' ' ')"

@@ -120,6 +120,11 @@ class MinusLog(Step):
         self.store["proj"] = out
 
 
+def fw_level(shape) -> int:
+    """Wavelet levels for remove_stripe_fw from a projection stack's angles and columns."""
+    return int(np.ceil(np.log2(max(shape[0], shape[2]))))
+
+
 class Stripe(Step):
     """Stripe (ring-artefact) removal on the sinograms: none, fw (Fourier-wavelet, Munch),
     ti (Titarenko) or sf (smoothing filter) from tomopy.prep.stripe."""
@@ -140,7 +145,11 @@ class Stripe(Step):
 
         n = self.ctx.threads
         if method == "fw":
-            out = tomopy.remove_stripe_fw(proj, level=p["fw_level"], wname=p["fw_wname"], sigma=p["fw_sigma"],
+            # tomopy's default level counts the slab height too (max of the 3D shape), so slabs of
+            # different heights would be filtered differently: use the sinogram's size only
+            level = p["fw_level"] or fw_level(proj.shape)
+            self.ctx.extra["fw_level"] = level
+            out = tomopy.remove_stripe_fw(proj, level=level, wname=p["fw_wname"], sigma=p["fw_sigma"],
                                           pad=p["fw_pad"], ncore=n)
         elif method == "ti":
             out = tomopy.remove_stripe_ti(proj, nblock=p["ti_nblock"], alpha=p["ti_alpha"], ncore=n)

@@ -17,7 +17,8 @@ ITERATIVE = ("sirt", "mlem")
 def recon_chunk(rows: int, threads: int) -> int:
     """Slices per tomopy worker: an even number, so that gridrec (which reconstructs slices in
     pairs, packed as real and imaginary parts of one FFT) pairs the same detector rows whatever
-    the slab or thread count, provided slabs start on even rows (see ct.slabs.plan_slabs)."""
+    the slab or thread count, provided slabs start an even number of rows after the first row of
+    the unchunked reconstruction they must match (ct.slabs.plan_slabs does that)."""
     per_thread = math.ceil(rows / max(1, threads))
     return max(2, per_thread + per_thread % 2)
 
@@ -55,16 +56,12 @@ class Recon(Step):
         if theta.size != proj.shape[0]:
             raise StepError(f"{self.name}: {theta.size} angles but {proj.shape[0]} projections")
         center, source = self._center()
-        r0, _ = self.store.get("rows", (0, proj.shape[1]))
         algorithm = p["algorithm"]
         kwargs = {}
         if algorithm in ANALYTIC:
             kwargs["filter_name"] = p["filter_name"]
         else:
             kwargs["num_iter"] = p["num_iter"]
-        if algorithm == "gridrec" and r0 % 2:
-            self.log.warning("slab starts on odd detector row %d: gridrec pairs rows differently than an "
-                             "unchunked run, so results differ in the last bits", r0)
         rows = proj.shape[1]
         recon = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
                              sinogram_order=False, ncore=self.ctx.threads,

@@ -161,7 +161,7 @@ class EigerSource(FrameSource):
                     raise StepError(f"{path}: {where} has frames of shape {dset.shape[1:]}, "
                                     f"but data_{links[0][5:]} has {shape}")
                 parts.append((where, int(dset.shape[0])))
-                files.append(str(Path(dset.file.filename)))
+                files.append(str(Path(path).parent / Path(dset.file.filename).name))
             metadata = self._read_metadata(handle)
         self._parts = parts
         super().__init__(str(path), shape, dtype, sum(n for _, n in parts), start, stop, batch)

@@ -1,0 +1,132 @@
+"""The CT pipeline's plan: a centre job, one reconstruction job per sinogram slab, a gather job.
+
+    ct_center          (tomopy)  load rows around the centre row -> normalize -> angles -> minus-log
+                                 -> stripe -> find centre -> sinogram preview
+    ct_slab_NNNN x N   (tomopy)  load slab rows -> normalize -> angles -> minus-log -> stripe
+                                 -> reconstruct with the centre found -> save slab
+    ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
+
+Each job is one process in one image; arrays pass in memory between its steps.
+"""
+
+from __future__ import annotations
+
+from daisy_steps.ct.layouts import resolve_paths
+from daisy_steps.ct.slabs import plan_slabs
+from daisy_steps.errors import StepError
+from daisy_steps.h5 import get_dataset, open_file
+
+from ..workflow import Job, Run
+
+LOAD_KEYS = ("layout", "data_path", "flat_path", "dark_path", "image_key_path", "angles_path", "angle_units")
+
+
+def raw_shape(cfg: dict) -> tuple[int, int, int]:
+    """(frames, detector rows, detector columns) of the raw projection dataset (metadata only)."""
+    params = {k: cfg["input"][k] for k in LOAD_KEYS}
+    with open_file(cfg["input"]["file"]) as handle:
+        paths = resolve_paths(handle, params)
+        dset = get_dataset(handle, paths.data)
+        if dset.ndim != 3:
+            raise StepError(f"{cfg['input']['file']}: dataset {paths.data} has shape {dset.shape}, "
+                            f"expected 3 axes (frames, rows, columns)")
+        return tuple(int(n) for n in dset.shape)
+
+
+def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]:
+    frames, rows, cols = shape
+    slabs = cfg["slabs"]
+    if slabs["height"]:
+        return plan_slabs(0, rows, height=slabs["height"])
+    if slabs["count"]:
+        return plan_slabs(0, rows, count=slabs["count"])
+    per_row_mb = 4 * (frames * cols + cols * cols) / 2**20  # float32 projections + volume rows
+    height = max(2, int(slabs["max_memory_mb"] // max(per_row_mb, 1e-9)))
+    return plan_slabs(0, rows, height=height)
+
+
+def _load(cfg: dict, start: int, stop: int) -> dict:
+    params = {k: cfg["input"][k] for k in LOAD_KEYS}
+    params.update(row_start=start, row_stop=stop)
+    return {"step": "ct.load", "inputs": {"raw": cfg["input"]["file"]}, "params": params}
+
+
+def _prepare(cfg: dict) -> list[dict]:
+    return [{"step": "ct.normalize", "params": cfg["normalize"]},
+            {"step": "ct.angles", "params": cfg["angles"]},
+            {"step": "ct.minus_log", "params": {}},
+            {"step": "ct.stripe", "params": cfg["stripe"]}]
+
+
+def center_file(run: Run) -> str:
+    return run.path("ct", "center.json")
+
+
+def slab_file(run: Run, index: int) -> str:
+    return run.path("ct", "slabs", f"slab_{index:04d}.h5")
+
+
+def volume_file(run: Run) -> str:
+    return run.path("ct", "volume.h5")
+
+
+def preview_files(run: Run) -> dict[str, str]:
+    return {slot: run.path("ct", "previews", f"{slot.removeprefix('preview_')}.png")
+            for slot in ("preview_xy", "preview_xz", "preview_yz")}
+
+
+def sinogram_file(run: Run) -> str:
+    return run.path("ct", "previews", "sinogram.png")
+
+
+def tiff_file(run: Run) -> str:
+    return run.path("ct", "volume.tif")
+
+
+def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
+    """Detector rows the centre job loads: n_rows around 'row' (default: the middle row)."""
+    row = rows // 2 if cfg["center"]["row"] is None else cfg["center"]["row"]
+    n = cfg["center"]["n_rows"]
+    start = row - n // 2
+    if start < 0 or start + n > rows:
+        raise StepError(f"config field 'center.row': rows {start}..{start + n - 1} around row {row} "
+                        f"are outside the detector's {rows} rows")
+    return start, start + n
+
+
+def plan(run: Run) -> None:
+    cfg = run.config
+    shape = raw_shape(cfg)
+    run.inputs = [cfg["input"]["file"]]
+    threads = cfg["threads"]
+    save = cfg["save"]
+
+    start, stop = center_rows(cfg, shape[1])
+    center_steps = [_load(cfg, start, stop), *_prepare(cfg),
+                    {"step": "ct.find_center", "params": cfg["center"], "outputs": {"center": center_file(run)}}]
+    if save["previews"]:
+        center_steps.append({"step": "ct.preview_sinogram", "params": {"row": (start + stop) // 2},
+                             "outputs": {"png": sinogram_file(run)}})
+    mem = lambda rows: int(64 + 4 * rows * (shape[0] * shape[2] * 2 + shape[2] ** 2) / 2**20)  # noqa: E731
+    run.jobs["ct_center"] = Job("ct_center", "tomopy", center_steps, threads, mem(stop - start))
+
+    recon = {**cfg["recon"], "center": None}
+    slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
+    bounds = slab_bounds(cfg, shape)
+    for index, (r0, r1) in enumerate(bounds):
+        name = f"ct_slab_{index:04d}"
+        steps = [_load(cfg, r0, r1), *_prepare(cfg),
+                 {"step": "ct.recon", "params": recon, "inputs": {"center": center_file(run)}},
+                 {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": slab_file(run, index)}}]
+        run.jobs[name] = Job(name, "tomopy", steps, threads, mem(r1 - r0))
+
+    outputs = {"volume": volume_file(run)}
+    if save["previews"]:
+        outputs.update(preview_files(run))
+    if save["tiff"]:
+        outputs["tiff"] = tiff_file(run)
+    gather = {"step": "ct.gather", "params": {},
+              "inputs": {f"slab{i:04d}": slab_file(run, i) for i in range(len(bounds))}, "outputs": outputs}
+    run.jobs["ct_gather"] = Job("ct_gather", "base", [gather], 1, 512)
+    run.targets = list(outputs.values()) + ([sinogram_file(run)] if save["previews"] else [])
+    run.slabs = bounds

@@ -1,0 +1,231 @@
+"""Output steps: save a reconstructed slab, gather slabs into one virtual volume (HDF5 VDS,
+NXdata) with an optional TIFF stack and PNG previews, and a PNG of one sinogram.
+
+Only numpy, h5py, hdf5plugin, tifffile and zlib: these run in the base image.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..core import Step
+from ..errors import StepError
+from ..h5 import get_dataset, open_file
+from ..png import to_uint8, write_png
+
+SLAB_DATASET = "/entry/recon/data"
+VOLUME_DATASET = "/entry/data/data"
+CHUNK_BYTES = 4 << 20
+
+
+def compression_options(name: str, level: int = 4) -> dict:
+    """Keyword arguments of ``create_dataset`` for a compression choice of the schemas."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "bitshuffle-lz4":
+        import hdf5plugin
+
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    raise StepError(f"unknown compression '{name}'")
+
+
+def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks of one slice along the first axis (whole slice up to 4 MiB, else row bands)."""
+    _, ny, nx = shape
+    rows = max(1, min(ny, CHUNK_BYTES // max(1, nx * itemsize)))
+    return (1, rows, nx)
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _nx_group(handle: h5py.File, path: str, nx_class: str) -> h5py.Group:
+    group = handle.require_group(path)
+    group.attrs["NX_class"] = nx_class
+    return group
+
+
+class SaveSlab(Step):
+    """Write the reconstructed slab (``recon``) to HDF5 with its first detector row as attribute
+    ``row_offset``; chunked by slice, compressed. Output slot ``slab`` (dataset
+    ``/entry/recon/data`` unless the slot names one)."""
+
+    name = "ct.save_slab"
+    version = "1.0.0"
+    image = "tomopy"
+    libraries = ("numpy", "h5py", "hdf5plugin")
+
+    def execute(self) -> None:
+        p = self.params
+        data = np.asarray(self.store.require(p["key"], self.name))
+        if data.ndim != 3:
+            raise StepError(f"{self.name}: '{p['key']}' has shape {data.shape}, not a 3D slab")
+        rows = self.store.get("rows", (0, data.shape[0]))
+        info = self.store.get("recon_info", {})
+        ref = self.ctx.output("slab")
+        dataset = ref.dataset or SLAB_DATASET
+        with h5py.File(ref.path, "w", track_order=False) as handle:
+            handle.attrs["default"] = "entry"
+            entry = _nx_group(handle, "/entry", "NXentry")
+            group = _nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
+            group.attrs["signal"] = dataset.rsplit("/", 1)[1]
+            entry.attrs["default"] = group.name.rsplit("/", 1)[1]
+            dset = group.create_dataset(dataset.rsplit("/", 1)[1], data=data,
+                                        chunks=slice_chunks(data.shape, data.dtype.itemsize), track_times=False,
+                                        **compression_options(p["compression"], p["gzip_level"]))
+            dset.attrs["row_offset"] = int(rows[0])
+            dset.attrs["detector_rows"] = int(self.store.get("detector_rows", rows[1]))
+            for key, value in info.items():
+                if value is not None:
+                    dset.attrs[key] = value
+        self.ctx.extra.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
+
+
+def _slab_inputs(ctx, dataset: str) -> list[dict]:
+    """The slab files of a gather job (input slots named ``slab*``), ordered by row offset."""
+    # JobContext has no public list of slots yet; fall back to its private dict
+    names = ctx.input_slots() if hasattr(ctx, "input_slots") else list(ctx._inputs)
+    slots = sorted(s for s in names if s.startswith("slab"))
+    if not slots:
+        raise StepError("ct.gather: no slab inputs (input slots named slab0, slab1, ...)")
+    slabs = []
+    for slot in slots:
+        ref = ctx.input(slot)
+        path = ref.dataset or dataset
+        with open_file(ref.path) as handle:
+            dset = get_dataset(handle, path, ref.path)
+            if dset.ndim != 3:
+                raise StepError(f"{ref.path}: slab {path} has shape {dset.shape}, not 3D")
+            if "row_offset" not in dset.attrs:
+                raise StepError(f"{ref.path}: slab {path} has no 'row_offset' attribute (write it with ct.save_slab)")
+            attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dset.attrs.items()}
+            slabs.append({"slot": slot, "path": ref.path, "dataset": path, "shape": dset.shape,
+                          "dtype": dset.dtype, "offset": int(dset.attrs["row_offset"]), "attrs": attrs})
+    slabs.sort(key=lambda s: s["offset"])
+    first = slabs[0]
+    pos = first["offset"]
+    for slab in slabs:
+        if slab["shape"][1:] != first["shape"][1:] or slab["dtype"] != first["dtype"]:
+            raise StepError(f"ct.gather: slab {slab['path']} has slices {slab['shape'][1:]} {slab['dtype']} but "
+                            f"{first['path']} has {first['shape'][1:]} {first['dtype']}")
+        if slab["offset"] != pos:
+            what = "gap" if slab["offset"] > pos else "overlap"
+            raise StepError(f"ct.gather: {what} before slab {slab['path']}: it starts at row {slab['offset']}, "
+                            f"the slabs before it end at row {pos}")
+        pos += slab["shape"][0]
+    return slabs
+
+
+class Gather(Step):
+    """Join slab files into one volume without copying: an HDF5 virtual dataset (NXdata) whose
+    sources are the slab files by *relative* path, so the folder can be moved. Optionally a
+    multi-page TIFF and PNG previews of the three central orthogonal slices.
+
+    Inputs ``slab*``; outputs ``volume`` (required), ``tiff``, ``preview_xy``, ``preview_xz``,
+    ``preview_yz`` (optional). Reads one slice at a time (memory: one slab slice)."""
+
+    name = "ct.gather"
+    version = "1.0.0"
+    image = "base"
+    libraries = ("numpy", "h5py", "tifffile")
+
+    def execute(self) -> None:
+        p = self.params
+        slabs = _slab_inputs(self.ctx, p["dataset"])
+        nz = sum(s["shape"][0] for s in slabs)
+        ny, nx = slabs[0]["shape"][1:]
+        dtype = slabs[0]["dtype"]
+        final = self.ctx.final_output("volume")
+        ref = self.ctx.output("volume")
+        dataset = ref.dataset or VOLUME_DATASET
+        layout = h5py.VirtualLayout(shape=(nz, ny, nx), dtype=dtype)
+        pos = 0
+        sources = []
+        for slab in slabs:
+            rel = os.path.relpath(Path(slab["path"]).resolve(), final.path.resolve().parent)
+            sources.append(rel)
+            layout[pos:pos + slab["shape"][0]] = h5py.VirtualSource(rel, slab["dataset"], shape=slab["shape"],
+                                                                   dtype=dtype)
+            pos += slab["shape"][0]
+        with h5py.File(ref.path, "w") as handle:
+            handle.attrs["default"] = "entry"
+            entry = _nx_group(handle, "/entry", "NXentry")
+            group = _nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
+            name = dataset.rsplit("/", 1)[1]
+            group.attrs["signal"] = name
+            group.attrs["axes"] = np.array([".", ".", "."], dtype=h5py.string_dtype())
+            entry.attrs["default"] = group.name.rsplit("/", 1)[1]
+            dset = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+            for key, value in slabs[0]["attrs"].items():
+                if key not in ("row_offset",):
+                    dset.attrs[key] = value
+            dset.attrs["row_offset"] = slabs[0]["offset"]
+            dset.attrs["slab_files"] = np.array(sources, dtype=h5py.string_dtype())
+            dset.attrs["slab_row_offsets"] = np.array([s["offset"] for s in slabs], dtype=np.int64)
+        self._extras(slabs, (nz, ny, nx))
+        self.ctx.extra.update(shape=[nz, ny, nx], slabs=len(slabs), slab_files=sources,
+                              row_offset=slabs[0]["offset"])
+
+    def _slices(self, slabs):
+        """Every slice of the volume in order, read from the slab files one at a time."""
+        for slab in slabs:
+            with h5py.File(slab["path"], "r") as handle:
+                dset = handle[slab["dataset"]]
+                for z in range(dset.shape[0]):
+                    yield dset[z]
+
+    def _extras(self, slabs, shape) -> None:
+        p = self.params
+        nz, ny, nx = shape
+        if self.ctx.has_output("tiff"):
+            import tifffile
+
+            itemsize = np.dtype(slabs[0]["dtype"]).itemsize
+            big = nz * ny * nx * itemsize > 2**31
+            with tifffile.TiffWriter(self.ctx.output("tiff").path, bigtiff=big) as tif:
+                for image in self._slices(slabs):
+                    tif.write(image, contiguous=True, photometric="minisblack")
+        wanted = [s for s in ("preview_xy", "preview_xz", "preview_yz") if self.ctx.has_output(s)]
+        if not wanted:
+            return
+        xy = xz = yz = None
+        z_mid, y_mid, x_mid = nz // 2, ny // 2, nx // 2
+        xz = np.empty((nz, nx), dtype=np.float32)
+        yz = np.empty((nz, ny), dtype=np.float32)
+        for z, image in enumerate(self._slices(slabs)):
+            if z == z_mid:
+                xy = np.array(image, dtype=np.float32)
+            xz[z] = image[y_mid, :]
+            yz[z] = image[:, x_mid]
+        images = {"preview_xy": xy, "preview_xz": xz, "preview_yz": yz}
+        for slot in wanted:
+            write_png(self.ctx.output(slot).path, to_uint8(images[slot], p["preview_low"], p["preview_high"]))
+
+
+class PreviewSinogram(Step):
+    """PNG of one sinogram (angles x columns) of ``proj`` at detector row ``row``. Output slot ``png``."""
+
+    name = "ct.preview_sinogram"
+    version = "1.0.0"
+    image = "base"
+    libraries = ("numpy",)
+
+    def execute(self) -> None:
+        p = self.params
+        proj = self.store.require(p["key"], self.name)
+        r0, r1 = self.store.get("rows", (0, proj.shape[1]))
+        row = (r0 + r1) // 2 if p["row"] is None else p["row"]
+        if not r0 <= row < r1:
+            raise StepError(f"{self.name}: row {row} is not among the loaded detector rows {r0}:{r1}")
+        write_png(self.ctx.output("png").path, to_uint8(np.asarray(proj[:, row - r0, :]), p["low"], p["high"]))
+        self.ctx.extra.update(row=row, key=p["key"])
