@@ -135,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"daisy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a pipeline (ct, xrd, copy) through snakemake in the pinned images")
+    p = sub.add_parser("run", help="run a pipeline (ct, xrd, copy) through snakemake in the pinned images",
+                       epilog="Arguments after -- go to snakemake unchanged, e.g. daisy run ct --config c.yaml -- --forceall")
     p.add_argument("pipeline", choices=["ct", "xrd", "copy"])
     p.add_argument("--config", help="config file (YAML/JSON, or the original design's init_dict/cfg_dict)")
     p.add_argument("--profile", default="workstation", help="profile under profiles/ (workstation, slurm)")
     p.add_argument("--cores", type=int, help="cores to use (default: the profile's)")
     p.add_argument("-n", "--dry-run", action="store_true", help="show what would run")
-    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra snakemake arguments")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, snakemake_args=[])
 
     p = sub.add_parser("demo", help="make sample data and run the CT and XRD pipelines on it")
     p.add_argument("--out", default="results/demo", help="folder for data, configs and results")
@@ -176,9 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:  # daisy run ct --config x.yaml -- --forceall: the rest goes to snakemake
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     args = parser.parse_args(argv)
-    if getattr(args, "snakemake_args", None) and args.snakemake_args[:1] == ["--"]:
-        args.snakemake_args = args.snakemake_args[1:]
+    if extra:
+        if args.command != "run":
+            parser.error("arguments after -- are only for 'daisy run'")
+        args.snakemake_args = extra
     try:
         return args.func(args)
     except (DaisyError, StepError) as exc:
