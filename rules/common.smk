@@ -17,22 +17,6 @@ if not config:
 RUN = daisy_workflow.setup(config)
 
 
-def job_file(name):
-    return RUN.job_file(name)
-
-
-def record_file(name):
-    return RUN.record_file(name)
-
-
-def log_file(name):
-    return RUN.log_file(name)
-
-
-def image(name):
-    return RUN.image(name)
-
-
 rule job_file:
     output:
         RUN.path("jobs", "{job}.json"),
@@ -47,7 +31,7 @@ rule job_file:
 
 rule provenance:
     input:
-        records=[record_file(name) for name in RUN.jobs],
+        records=[RUN.record_file(name) for name in RUN.jobs],
         targets=RUN.targets,
     output:
         RUN.path("provenance.json"),

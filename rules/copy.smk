@@ -3,15 +3,15 @@
 
 rule copy:
     input:
-        job=job_file("copy"),
+        job=RUN.job_file("copy"),
         data=RUN.inputs,
     output:
         data=RUN.targets[0],
-        record=record_file("copy"),
+        record=RUN.record_file("copy"),
     log:
-        log_file("copy"),
+        RUN.log_file("copy"),
     container:
-        image("base")
+        RUN.image("base")
     threads: RUN.config["threads"]
     shell:
         "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"

@@ -5,16 +5,16 @@ from daisy.pipelines import ct as ct_plan
 
 rule ct_center:
     input:
-        job=job_file("ct_center"),
+        job=RUN.job_file("ct_center"),
         raw=RUN.inputs,
     output:
         center=ct_plan.center_file(RUN),
-        record=record_file("ct_center"),
+        record=RUN.record_file("ct_center"),
         previews=[ct_plan.sinogram_file(RUN)] if RUN.config["save"]["previews"] else [],
     log:
-        log_file("ct_center"),
+        RUN.log_file("ct_center"),
     container:
-        image("tomopy")
+        RUN.image("tomopy")
     threads: RUN.jobs["ct_center"].threads
     resources:
         mem_mb=RUN.jobs["ct_center"].mem_mb,
@@ -33,7 +33,7 @@ rule ct_slab:
     log:
         RUN.path("logs", "ct_slab_{slab}.log"),
     container:
-        image("tomopy")
+        RUN.image("tomopy")
     threads: RUN.config["threads"]
     resources:
         mem_mb=lambda wildcards: RUN.jobs[f"ct_slab_{wildcards.slab}"].mem_mb,
@@ -45,16 +45,16 @@ rule ct_slab:
 
 rule ct_gather:
     input:
-        job=job_file("ct_gather"),
+        job=RUN.job_file("ct_gather"),
         slabs=[ct_plan.slab_file(RUN, i) for i in range(len(RUN.slabs))],
     output:
         volume=ct_plan.volume_file(RUN),
         previews=list(ct_plan.preview_files(RUN).values()) if RUN.config["save"]["previews"] else [],
         tiff=[ct_plan.tiff_file(RUN)] if RUN.config["save"]["tiff"] else [],
-        record=record_file("ct_gather"),
+        record=RUN.record_file("ct_gather"),
     log:
-        log_file("ct_gather"),
+        RUN.log_file("ct_gather"),
     container:
-        image("base")
+        RUN.image("base")
     shell:
         "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule xrd_block:
     log:
         RUN.path("logs", "xrd_block_{block}.log"),
     container:
-        image("pyfai")
+        RUN.image("pyfai")
     threads: RUN.config["threads"]
     resources:
         mem_mb=2048,
@@ -25,16 +25,16 @@ rule xrd_block:
 
 rule xrd_gather:
     input:
-        job=job_file("xrd_gather"),
+        job=RUN.job_file("xrd_gather"),
         blocks=[xrd_plan.block_file(RUN, i) for i in range(len(RUN.blocks))],
     output:
         result=xrd_plan.result_file(RUN),
         previews=list(xrd_plan.preview_files(RUN).values()) if RUN.config["save"]["previews"] else [],
         xy=[directory(xrd_plan.xy_dir(RUN))] if RUN.config["save"]["xy"] else [],
-        record=record_file("xrd_gather"),
+        record=RUN.record_file("xrd_gather"),
     log:
-        log_file("xrd_gather"),
+        RUN.log_file("xrd_gather"),
     container:
-        image("pyfai")
+        RUN.image("pyfai")
     shell:
         "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"

@@ -100,3 +100,26 @@ def test_validate_accepts_every_test_scenario():
 def test_config_version_is_checked():
     with pytest.raises(configs.ConfigError, match="config_version"):
         configs.validate({"config_version": 7, "pipeline": "copy", "input": "a.h5:/x"})
+
+
+def test_generated_docs_are_current():
+    from daisy import docs
+
+    for path in docs.BLOCKS:
+        assert path.read_text() == docs.render(path), f"{path} is stale: run python -m daisy.docs"
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    import subprocess
+    import sys
+
+    import h5py
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    with h5py.File(tmp_path / "data" / "raw.h5", "w") as handle:
+        handle["/entry/tomo"] = np.zeros((2, 4, 4))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile",
+                           str(REPO / ".test" / "copy" / "config.yaml"), "--lint", "--directory", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
