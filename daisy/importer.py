@@ -12,7 +12,7 @@ import ast
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daisy_steps.errors import ParamError
 

@@ -30,6 +30,14 @@ RECORD_VERSION = 1
 DEFAULT_HASH_LIMIT = 256 * 1024 * 1024
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (respects Slurm's and cgroups' CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -85,6 +93,11 @@ class JobContext:
         except KeyError:
             raise StepError(f"step {self.step}: output '{slot}' is not given in the job file") from None
         return FileRef(self._outset.temporary(ref.path), ref.dataset)
+
+    def extra_output(self, final_path) -> Path:
+        """A temporary file for an output not named in the job file (e.g. one .xy file per
+        frame); committed or removed with the declared outputs and listed in the record."""
+        return self._outset.temporary(final_path)
 
     def final_output(self, slot: str) -> FileRef:
         """The final name of output ``slot`` (for links between outputs, never for writing)."""
@@ -227,7 +240,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """
     log = logging.getLogger("daisy.job")
     code = check_code_pin(job)
-    threads = int(job.get("threads") or os.cpu_count() or 1)
+    threads = min(int(job.get("threads") or usable_cores()), usable_cores())
     hash_limit = int(job.get("hash_limit", DEFAULT_HASH_LIMIT))
     prepared = []
     for index, entry in enumerate(job["steps"]):

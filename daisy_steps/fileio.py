@@ -49,6 +49,7 @@ class OutputSet:
 
     def __init__(self) -> None:
         self._pending: dict[Path, Path] = {}
+        self._created: list[Path] = []
 
     def temporary(self, final: str | os.PathLike) -> Path:
         """A temporary path beside ``final``; it becomes ``final`` on :meth:`commit`."""
@@ -57,8 +58,10 @@ class OutputSet:
             return self._pending[final]
         folder = final.parent
         if not folder.is_dir():
+            missing = [folder, *[p for p in folder.parents if not p.exists()]]
             try:
                 folder.mkdir(parents=True, exist_ok=True)
+                self._created.extend(missing)
             except OSError as exc:
                 raise StepError(f"cannot create output folder {folder}: {exc.strerror}") from None
         if not os.access(folder, os.W_OK):
@@ -77,6 +80,7 @@ class OutputSet:
             os.replace(tmp, final)
             done.append(final)
         self._pending.clear()
+        self._created.clear()
         return done
 
     def discard(self) -> None:
@@ -87,6 +91,12 @@ class OutputSet:
             except FileNotFoundError:
                 pass
         self._pending.clear()
+        for folder in self._created:  # deepest first: folders this job made are removed if empty
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self._created.clear()
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:

@@ -39,7 +39,7 @@ apptainer_ok() {
 
 # --------------------------------------------------------------------------- host packages
 HOST_PKGS=(patchelf squashfs-tools squashfuse uidmap debootstrap libcap2-bin fuse3 ca-certificates
-           libseccomp2 cryptsetup-bin)
+           libseccomp2)
 install_host_packages() {
     local missing=()
     for p in "${HOST_PKGS[@]}"; do

@@ -391,3 +391,12 @@ def test_real_repo_daisy_steps_bound():
         pytest.skip("repository has no daisy_steps/ yet")
     proc = C.run_in_image("base", ["ls", "/opt/daisy/daisy_steps"], capture_output=True, text=True)
     assert sorted(proc.stdout.split()) == sorted(p.name for p in (C.REPO / "daisy_steps").iterdir())
+
+
+def test_inspect_redacts_mirror_label(fake_repo, fake_tools, capsys):
+    fake_tools["client"].inspect.return_value = {"attributes": {"labels": {
+        "org.daisy.name": "demo", "org.label-schema.usage.singularity.deffile.mirrorurl": MIRROR}}}
+    C.build(["demo"], log=lambda m: None)
+    assert _cli("containers", "inspect", "demo") == 0
+    out = capsys.readouterr().out
+    assert "mirror.invalid" not in out and "redacted" in out

@@ -557,7 +557,7 @@ def test_phantom_is_deterministic_and_layouts_agree(ct_run):
     for slab in slabs[1:]:
         for key in ("proj", "flat", "dark", "theta"):
             np.testing.assert_array_equal(getattr(slab, key), getattr(slabs[0], key))
-    assert slabs[0].proj.shape == (N_ANGLES, SIZE, 92)
+    assert slabs[0].proj.shape == (N_ANGLES, SIZE, 94)
 
 
 @pytest.mark.apptainer
@@ -583,7 +583,7 @@ def test_chunked_run_is_bit_identical_to_unchunked(ct_run):
     with h5py.File(ct_run / "whole.h5", "r") as handle:
         whole = handle["/entry/recon/data"][()]
     chunked = np.concatenate(parts)
-    assert chunked.dtype == np.float32 and chunked.shape == whole.shape == (SIZE, 92, 92)
+    assert chunked.dtype == np.float32 and chunked.shape == whole.shape == (SIZE, 94, 94)
     assert chunked.tobytes() == whole.tobytes()
     # the same job twice writes the same bytes
     assert sha256(ct_run / "whole.h5") == sha256(ct_run / "whole_again.h5")
@@ -605,7 +605,7 @@ def test_gather_in_base_image_and_move(ct_run, tmp_path):
              "print(d.shape, float(abs(d[()]).sum()))")
     proc = run_in(base_sif, job(name="read"), tmp_path,
                   argv=["python3", "-c", check, str(moved / "volume" / "volume.h5")])
-    assert proc.stdout.split(")")[0] == f"({SIZE}, 92, 92"
+    assert proc.stdout.split(")")[0] == f"({SIZE}, 94, 94"
     assert float(proc.stdout.split(")")[1]) == pytest.approx(float(np.abs(whole).sum()), rel=1e-5)
 
 

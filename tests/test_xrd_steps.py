@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -193,6 +192,37 @@ def test_fabio_and_stack_sources_agree_with_the_master(data, tmp_path):
     assert np.array_equal(ia, ib) and np.array_equal(ib, ic)
 
 
+def test_mask_semantics(data, tmp_path):
+    from daisy_steps.core import DataStore, JobContext
+    from daisy_steps.fileio import OutputSet
+    from daisy_steps.params import resolve
+    from daisy_steps.xrd.steps import LoadFrames, Mask
+
+    raw = data / "raw"
+    with h5py.File(raw / "scan_00001_master.h5") as handle:
+        pixel = handle["/entry/instrument/detector/pixel_mask"][()]
+    valid = np.ones((541, 517), np.uint8)
+    valid[:10] = 0  # a "valid pixels" map: rows 0-9 excluded
+    np.save(tmp_path / "valid.npy", valid)
+
+    def mask(source, params, inputs=None):
+        store = DataStore()
+        ctx = JobContext({"source": str(source), **(inputs or {})}, {}, OutputSet(), 1, "t")
+        LoadFrames(resolve("steps/xrd.load_frames", {}), store, ctx).execute()
+        Mask(resolve("steps/xrd.mask", params), store, ctx).execute()
+        return store.get("mask"), ctx.extra["masked_pixels"]
+
+    m, counts = mask(raw / "scan_00001_master.h5", {})
+    assert np.array_equal(m, (pixel != 0).astype(np.uint8)) and counts["combined"] == int((pixel != 0).sum())
+    m, _ = mask(raw / "scan_00001_master.h5", {"pixel_mask_bits": 1})  # module gaps only
+    assert np.array_equal(m, (pixel & 1 != 0).astype(np.uint8))
+    m, counts = mask(raw / "scan_00001_master.h5", {"user_mask_semantics": "zero_is_bad"},
+                     {"user_mask": str(tmp_path / "valid.npy")})
+    assert np.array_equal(m, ((pixel != 0) | (valid == 0)).astype(np.uint8)) and counts["user_mask"] == 10 * 517
+    m, counts = mask(raw / "stack_00003.h5", {})  # a plain stack has no pixel mask: nothing in the store
+    assert m is None and counts["pixel_mask"] is None
+
+
 # --------------------------------------------------------------------------------------------- physics
 
 @pytest.mark.parametrize("scan, calibrant", [("scan_00001", "CeO2"), ("scan_00002", "LaB6")])
@@ -261,7 +291,7 @@ def test_dark_flat_polarization_error_model_match_pyfai(data, tmp_path):
     kw = dict(unit="2th_deg", method=("full", "csr", "cython"), mask=mask, polarization_factor=0.99,
               dark=dark, flat=flat, error_model="azimuthal")
     r1 = ai.integrate1d(frame, 400, **kw)
-    r2 = ai.integrate2d(frame, 400, 18, **kw)
+    r2 = ai.integrate2d(frame, 400, 18, **{**kw, "method": ("bbox", "csr", "cython")})  # method_2d default
     with h5py.File(tmp_path / "out/b.h5") as handle:
         g1, g2 = handle["/entry/integrate_1d"], handle["/entry/integrate_2d"]
         np.testing.assert_allclose(g1["intensity"][0], r1.intensity, rtol=1e-6)
@@ -343,7 +373,7 @@ def _poni_without_wavelength(data, tmp_path):
     return path
 
 
-@pytest.mark.parametrize("case", ["dataset", "mask_shape", "fit2d_wavelength", "poni_wavelength"])
+@pytest.mark.parametrize("case", ["dataset", "mask_shape", "fit2d_wavelength", "poni_wavelength", "data_file"])
 def test_failures_name_the_problem_and_leave_no_output(data, tmp_path, case):
     out = tmp_path / "out"
     source, mask_inputs, geometry, error, words = data / "raw/scan_00001_master.h5", None, None, StepError, []
@@ -359,6 +389,13 @@ def test_failures_name_the_problem_and_leave_no_output(data, tmp_path, case):
     elif case == "poni_wavelength":
         geometry = {"poni": str(_poni_without_wavelength(data, tmp_path))}
         words = ["nowl.poni", "no Wavelength", "geometry.wavelength_angstrom"]
+    elif case == "data_file":  # a master whose second data file is missing
+        partial = tmp_path / "partial"
+        partial.mkdir()
+        for name in ("scan_00001_master.h5", "scan_00001_data_000001.h5"):
+            shutil.copy(data / "raw" / name, partial / name)
+        source = partial / "scan_00001_master.h5"
+        words = ["/entry/data/data_000002", "scan_00001_data_000002.h5:/entry/data/data", "cannot be opened"]
     steps = block_steps(source, out / "block.h5", geometry=geometry, mask_inputs=mask_inputs)
     steps[1]["outputs"] = {"mask": str(out / "mask.h5")}  # a second output that must not survive either
     with pytest.raises(error) as err:

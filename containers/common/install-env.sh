@@ -5,6 +5,7 @@
 #   install-env.sh pip LIST                      pip install the pinned wheels of envs/<name>.pypi.txt
 #   install-env.sh strip-hdf5plugin              drop debug info from hdf5plugin's filter libraries
 #   install-env.sh finish BUILD_TOOLS_LIST       purge build-only tools, remove apt state and every file naming the mirror
+#   install-env.sh purge LIST                    dpkg --purge --force-depends unused packages (last step only)
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 CA=/mnt/ca-certificates.crt          # host CA bundle, bound in with: apptainer build --bind /etc/ssl/certs:/mnt
@@ -46,6 +47,16 @@ case "$cmd" in
       strip --strip-unneeded "$d"/*.so
       log "after: $(du -sh "$d" | cut -f1)"
     done
+    ;;
+  purge)
+    # LAST step of %post only: `dpkg --purge --force-depends` leaves apt's dependency state broken on purpose.
+    # Removes packages that Debian dependencies drag in but the image's code paths never use; %test proves it.
+    list=$(for p in $(read_list "$1"); do
+             dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' && echo "$p"; done; true)
+    log "purge (--force-depends): $(echo $list | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    [ -z "$list" ] || dpkg --purge --force-depends $list >/dev/null
+    rm -rf /var/cache/debconf/*-old /var/lib/dpkg/*-old
     ;;
   finish)
     tools=$(read_list "$1" | sed 's/=.*//' | tr '\n' ' ')

@@ -21,7 +21,7 @@ MKL="libmkl-gnu-thread libmkl-intel-thread libmkl-pgi-thread libmkl-tbb-thread
 # 3. Python packages scikit-image depends on but tomopy's code paths never import.
 PY="python3-sympy python3-mpmath python3-networkx python3-matplotlib python-matplotlib-data python3-fonttools
     python3-unicodedata2 unicode-data fonts-lyx python3-pil.imagetk python3-cycler python3-kiwisolver
-    python3-pyparsing python3-contourpy python3-tk tk8.6-blt2.5 blt libtk8.6 libtcl8.6"
+    python3-pyparsing python3-contourpy python3-ufolib2 python3-tk tk8.6-blt2.5 blt libtk8.6 libtcl8.6"
 
 before=$(du -sxm / 2>/dev/null | cut -f1)
 # shellcheck disable=SC2086

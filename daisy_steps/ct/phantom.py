@@ -47,7 +47,7 @@ class CTPhantom(Step):
         phantom = np.asarray(tomopy.shepp3d(n), dtype=np.float32)
         theta = np.linspace(0.0, np.deg2rad(p["end_deg"]), p["n_angles"], endpoint=p["endpoint"])
         # tomopy.project pads the detector to the object's diagonal (an even width dx)
-        dx = int(2 * round((np.sqrt(2.0) * n + 2) / 2))
+        dx = int(2 * np.ceil((np.sqrt(2.0) * n + 2) / 2))
         center = dx / 2.0 + p["center_offset"]
         lines = np.asarray(tomopy.project(phantom, theta, center=center, emission=True, pad=True,
                                           ncore=self.ctx.threads), dtype=np.float64)

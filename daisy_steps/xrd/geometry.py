@@ -8,8 +8,6 @@ the wavelength is given in Å (``wavelength_angstrom``).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +105,3 @@ def build_integrator(geometry: dict[str, Any], shape: tuple[int, int], log=None)
     info["chi_discontinuity"] = geometry.get("chi_discontinuity", "pi")
     return ai, info
 
-
-def info_json(info: dict[str, Any]) -> str:
-    return json.dumps(info, sort_keys=True)
-
-
-def tth_to_q(tth_deg, wavelength_angstrom):
-    """2θ (deg) -> q (nm⁻¹)."""
-    return 4 * math.pi / (wavelength_angstrom * 0.1) * math.sin(math.radians(tth_deg) / 2)

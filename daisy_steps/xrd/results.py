@@ -139,6 +139,8 @@ class ResultWriter:
         params.create_dataset("geometry", data=json.dumps(geometry, sort_keys=True))
         params.create_dataset("integration", data=json.dumps(settings, sort_keys=True))
         params.create_dataset("method", data=str(settings.get("method_used_1d", "")))
+        if settings.get("method_used_2d"):
+            params.create_dataset("method_2d", data=str(settings["method_used_2d"]))
         if mask is not None:
             m = proc.create_dataset("mask", data=np.asarray(mask, dtype=np.uint8),
                                     chunks=True, compression="gzip", compression_opts=4)

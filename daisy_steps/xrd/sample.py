@@ -23,7 +23,6 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
-from .steps import extra_output
 
 EIGER4M_SHAPE = (2167, 2070)
 PIXEL_UM = 75.0
@@ -136,7 +135,7 @@ class SampleXRDEiger(Step):
             for i in range(n_files):
                 name = f"{prefix}_data_{i + 1:06d}.h5"
                 lo, hi = i * per, min(n, (i + 1) * per)
-                with h5py.File(extra_output(self.ctx, final.parent / name), "w") as handle:
+                with h5py.File(self.ctx.extra_output(final.parent / name), "w") as handle:
                     entry = _nx(handle.create_group("entry"), "NXentry")
                     data = _nx(entry.create_group("data"), "NXdata")
                     dset = data.create_dataset("data", shape=(hi - lo,) + shape, dtype=dtype,

@@ -8,6 +8,7 @@ process: the frames stream from the detector files through pyFAI and only the in
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,24 +24,6 @@ from .results import UNITS, ResultFile, ResultWriter, XRDResult, mask_digest, wr
 PYFAI_LIBS = ("numpy", "h5py", "hdf5plugin", "pyFAI", "fabio")
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers for outputs the job file cannot list one by one (one .xy per frame)
-# ---------------------------------------------------------------------------------------------
-
-def extra_output(ctx, final: Path) -> Path:
-    """A temporary path for a file derived from a declared output (committed with the job).
-
-    Uses ``JobContext.extra_output`` when the contract offers it, else the job's output set.
-    """
-    method = getattr(ctx, "extra_output", None)
-    if method is not None:
-        return Path(method(final))
-    return Path(ctx._outset.temporary(final))
-
-
-def input_slots(ctx) -> list[str]:
-    method = getattr(ctx, "input_slots", None)
-    return list(method()) if method is not None else list(ctx._inputs)
 
 
 def frame_source(store, step: str) -> FrameSource:
@@ -117,7 +100,13 @@ class Mask(Step):
             mask |= bad
         counts["combined"] = int(mask.sum())
         counts["fraction"] = round(float(mask.mean()), 6)
-        self.store[MASK_KEY] = mask.astype(np.uint8)
+        if counts.get("pixel_mask") is None and "user_mask" not in counts:
+            # nothing to combine: leave the store without a mask, so that pyFAI applies the
+            # detector's own mask (e.g. the module gaps of a PONI file's Eiger4M)
+            self.log.warning("no pixel mask and no user mask: integrating with the detector's own mask, if any")
+            self.store.pop(MASK_KEY, None)
+        else:
+            self.store[MASK_KEY] = mask.astype(np.uint8)
         if self.ctx.has_output("mask"):
             from ..h5 import write_array
 
@@ -141,8 +130,10 @@ class Integrate(Step):
     libraries = PYFAI_LIBS
 
     def initialize(self) -> None:
-        # pyFAI's OpenMP loops read OMP_NUM_THREADS when first imported
-        os.environ.setdefault("OMP_NUM_THREADS", str(self.ctx.threads))
+        # pyFAI's OpenMP runtime (libgomp, loaded with pyFAI and by nothing imported before it)
+        # reads OMP_NUM_THREADS once: the job's threads decide, also over the image's default of 1
+        if "pyFAI" not in sys.modules:
+            os.environ["OMP_NUM_THREADS"] = str(self.ctx.threads)
         from .geometry import build_integrator
 
         self.source = frame_source(self.store, self.name)
@@ -182,6 +173,7 @@ class Integrate(Step):
 
         p, source = self.params, self.source
         kwargs = self._kwargs()
+        kwargs2 = {**kwargs, "method": tuple(p["method_2d"])}
         n, npt = len(source), p["npt"]
         two_d = p["integrate_2d"]
         npt_rad_2d = p["npt_rad_2d"] or npt
@@ -199,24 +191,25 @@ class Integrate(Step):
             if want_sigma:
                 sigma[k] = r1.sigma
             if two_d:
-                r2 = self.ai.integrate2d(frame, npt_rad_2d, p["npt_azim"], **kwargs)
+                r2 = self.ai.integrate2d(frame, npt_rad_2d, p["npt_azim"], **kwargs2)
                 cake[k] = r2.intensity
                 if want_sigma:
                     sigma_2d[k] = r2.sigma
             if k == 0:
                 first_seconds = time.perf_counter() - clock
                 radial = np.asarray(r1.radial, dtype=np.float64)
-                used["1d"] = self._method_used(r1.method)
+                used["1d"] = self._method_used(r1.method, p["method"])
                 if two_d:
                     radial_2d = np.asarray(r2.radial, dtype=np.float64)
                     chi = np.asarray(r2.azimuthal, dtype=np.float64)
-                    used["2d"] = self._method_used(r2.method)
+                    used["2d"] = self._method_used(r2.method, p["method_2d"])
         seconds = time.perf_counter() - clock
         settings = {
             "unit": p["unit"], "npt": npt, "radial_range": p["radial_range"],
             "azimuth_range": p["azimuth_range"], "integrate_2d": two_d,
             "npt_rad_2d": npt_rad_2d if two_d else None, "npt_azim": p["npt_azim"] if two_d else None,
-            "method_requested": list(p["method"]), "method_used_1d": used.get("1d"),
+            "method_requested": list(p["method"]), "method_2d_requested": list(p["method_2d"]) if two_d else None,
+            "method_used_1d": used.get("1d"),
             "method_used_2d": used.get("2d"), "polarization_factor": p["polarization_factor"],
             "correct_solid_angle": p["correct_solid_angle"], "error_model": p["error_model"],
             "dark": self.images.get("dark", (None,))[0], "flat": self.images.get("flat", (None,))[0],
@@ -236,9 +229,9 @@ class Integrate(Step):
         })
         self.log.info("integrated %d frames in %.2f s (%s)", n, seconds, used.get("1d"))
 
-    def _method_used(self, method) -> str:
+    def _method_used(self, method, requested) -> str:
         text = f"{method.split_lower},{method.algo_lower},{method.impl_lower}"
-        wanted = ",".join(self.params["method"])
+        wanted = ",".join(requested)
         if text != wanted:
             if self.params["require_method"]:
                 raise StepError(f"method {wanted} is not available here; pyFAI would use {text} "
@@ -281,7 +274,7 @@ class Gather(Step):
     libraries = ("numpy", "h5py", "matplotlib")
 
     def initialize(self) -> None:
-        slots = sorted(s for s in input_slots(self.ctx) if s.startswith("block"))
+        slots = sorted(s for s in self.ctx.input_slots() if s.startswith("block"))
         if not slots:
             raise StepError(f"step {self.name}: no input slots named block* (e.g. block_0, block_1, ...)")
         self.blocks: list[ResultFile] = []
@@ -395,7 +388,7 @@ class Gather(Step):
         head += [f"poni {line}" for line in first.geometry.get("poni", "").splitlines()]
         columns = f"{unit} I" + (" sigma" if all_sigma is not None else "")
         for k, frame in enumerate(self.frames):
-            target = extra_output(self.ctx, folder / f"{prefix}_{int(frame):05d}.xy")
+            target = self.ctx.extra_output(folder / f"{prefix}_{int(frame):05d}.xy")
             cols = [first.radial, all_1d[k]] + ([all_sigma[k]] if all_sigma is not None else [])
             header = "\n".join(head + [f"frame: {int(frame)}", columns])
             np.savetxt(target, np.column_stack(cols), fmt="%.8g", header=header)

@@ -1,0 +1,106 @@
+"""Shared benchmark plumbing: machine facts, alternating timed runs, medians, the results table.
+
+Benchmarks compare DAISY (A) with what a user would write instead (B) on the same data in one
+run, alternating A and B, and report the ratio: absolute times are noisy on shared machines.
+Each run appends a row to docs/benchmarks.md and writes bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TABLE = REPO / "docs" / "benchmarks.md"
+RESULTS = REPO / "bench" / "results"
+HEADER = ("| date | benchmark | size | DAISY (A) | direct (B) | A/B or A−B | target | met | machine |\n"
+          "|---|---|---|---|---|---|---|---|---|\n")
+
+
+def machine() -> dict:
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    apptainer = shutil.which("apptainer")
+    version = subprocess.run([apptainer, "--version"], capture_output=True, text=True).stdout.strip() if apptainer else None
+    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else None
+    return {"cores": os.cpu_count(), "memory_gib": round(mem, 1), "cpu": cpu, "debian": debian,
+            "apptainer": version, "python": platform.python_version()}
+
+
+def timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int = 3) -> tuple[list[float], list[float]]:
+    """Run A, B, A, B, ... ``repeats`` times each; return both lists of seconds."""
+    times_a, times_b = [], []
+    for i in range(repeats):
+        times_a.append(timed(a))
+        times_b.append(timed(b))
+        print(f"  run {i + 1}/{repeats}: A {times_a[-1]:.3f} s, B {times_b[-1]:.3f} s", flush=True)
+    return times_a, times_b
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def report(name: str, size: str, a: list[float] | float, b: list[float] | float, *, mode: str = "ratio",
+           target: str = "", met: bool | None = None, unit: str = "s", extra: dict | None = None,
+           record: bool = True) -> dict:
+    """Print the two figures and their ratio (or difference); append to docs/benchmarks.md."""
+    med_a = statistics.median(a) if isinstance(a, list) else a
+    med_b = statistics.median(b) if isinstance(b, list) else b
+    value = med_a / med_b if mode == "ratio" else med_a - med_b
+    facts = machine()
+    result = {"benchmark": name, "size": size, "a_median": med_a, "b_median": med_b, mode: value,
+              "a_runs": a, "b_runs": b, "target": target, "met": met, "unit": unit, "machine": facts,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    shown = f"{value:.3f}" if mode == "ratio" else f"{value:+.3f} {unit}"
+    print(f"{name} [{size}]: DAISY {med_a:.3f} {unit}, direct {med_b:.3f} {unit}, "
+          f"{'ratio' if mode == 'ratio' else 'difference'} {shown} (target {target or 'report'})"
+          f"{'' if met is None else ' MET' if met else ' MISSED'}; machine: {facts['cores']} cores, {facts['memory_gib']} GiB")
+    if record and not os.environ.get("DAISY_BENCH_NO_RECORD"):
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        if not TABLE.exists() or "| date |" not in TABLE.read_text():
+            TABLE.parent.mkdir(parents=True, exist_ok=True)
+            old = TABLE.read_text() if TABLE.exists() else "# Benchmarks\n\n"
+            TABLE.write_text(old.rstrip("\n") + "\n\n" + HEADER)
+        machine_text = f"{facts['cores']} cores, {facts['memory_gib']} GiB, Debian {facts['debian']}"
+        row = (f"| {result['date'][:16]} | {name} | {size} | {med_a:.3f} {unit} | {med_b:.3f} {unit} | {shown} | "
+               f"{target or 'report'} | {'' if met is None else 'yes' if met else 'no'} | {machine_text} |\n")
+        with TABLE.open("a") as handle:
+            handle.write(row)
+    return result
+
+
+def daisy_python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv if venv.exists() else sys.executable)
