@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 SIZES = {
-    "small": {"ct": {"size": 128, "n_angles": 181}, "xrd": {"n_frames": 8, "frames_per_file": 4}},
-    "medium": {"ct": {"size": 256, "n_angles": 361}, "xrd": {"n_frames": 40, "frames_per_file": 20}},
+    "small": {"ct": {"size": 128, "n_angles": 181}, "xrd": {"n_frames": 8, "frames_per_file": 4, "binning": 2}},
+    "medium": {"ct": {"size": 256, "n_angles": 361}, "xrd": {"n_frames": 40, "frames_per_file": 20, "binning": 1}},
 }
 
 
@@ -35,19 +35,21 @@ def make_ct_data(data_dir: Path, size: str = "small", layouts=("nxtomo",), seed:
     return files
 
 
-def make_xrd_data(data_dir: Path, size: str = "small", seed: int = 0, scan: int = 1) -> Path:
-    """An Eiger master file with linked bitshuffle/LZ4 data files, made in the pyfai image."""
+def make_xrd_data(data_dir: Path, size: str = "small", seed: int = 0, scan: int = 1) -> tuple[Path, Path]:
+    """An Eiger master file with linked bitshuffle/LZ4 data files (CeO2 rings), and the PONI
+    file of its geometry, made in the pyfai image."""
     from .workflow import run_job_in_image
 
     data_dir = Path(data_dir)
     master = data_dir / "xrd" / f"scan_{scan:05d}_master.h5"
-    if not master.exists():
-        steps = [{"step": "sample.xrd_eiger", "outputs": {"master": str(master.resolve())},
+    poni = data_dir / "xrd" / f"scan_{scan:05d}.poni"
+    if not (master.exists() and poni.exists()):
+        steps = [{"step": "sample.xrd_eiger", "outputs": {"scan": str(master.resolve()), "poni": str(poni.resolve())},
                   "params": {**SIZES[size]["xrd"], "seed": seed}}]
         run_job_in_image("pyfai", {"job": "sample_xrd", "threads": 2, "steps": steps,
                                    "record": str((data_dir / "records" / "sample_xrd.json").resolve())},
                          data_dir / "jobs" / "sample_xrd.json", data_dir)
-    return master
+    return master, poni
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -71,10 +73,11 @@ def main(out: Path, size: str = "small", pipelines=("ct", "xrd"), profile: str =
             "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": 2}})
     if "xrd" in pipelines:
         print(f"daisy demo: XRD sample data (CeO2 on Eiger 4M, {size}) in {data / 'xrd'}", flush=True)
-        master = make_xrd_data(data, size)
+        master, poni = make_xrd_data(data, size)
         configs["xrd"] = write_config(out / "configs" / "xrd.yaml", {
             "config_version": 1, "pipeline": "xrd", "outdir": str(out / "xrd"), "threads": 2,
-            "input": {"file": str(master)}})
+            "input": {"file": str(master)}, "blocks": {"count": 2},
+            "integrate": {"geometry": {"poni": str(poni)}, "npt": 2000, "integrate_2d": True}})
     if "copy" in pipelines:
         raw = make_ct_data(data, size)["nxtomo"]
         configs["copy"] = write_config(out / "configs" / "copy.yaml", {

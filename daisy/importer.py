@@ -71,7 +71,7 @@ CLASSES: dict[str, dict[str, Any]] = {
             "azimax": ("integrate.azimuth_range[1]", _float),
             "radmin": ("integrate.radial_range[0]", _float),                    # 2theta, degrees
             "radmax": ("integrate.radial_range[1]", _float),
-            "nth": ("integrate.npt", _int),                                     # number of 2theta bins
+            "nth": ("threads", _int),                                           # number of threads
         },
     },
     "SaveHDF5": {

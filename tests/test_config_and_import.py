@@ -31,7 +31,8 @@ def test_design_dicts_translate_and_validate():
     assert full["integrate"]["azimuth_range"] == [93.0, 115.0]
     assert full["integrate"]["radial_range"] == [10.0, 20.0]
     assert full["integrate"]["unit"] == "2th_deg"
-    assert full["integrate"]["npt"] == 40          # nth: number of 2theta bins, not dropped
+    assert full["threads"] == 40                   # nth: number of threads, not dropped
+    assert full["integrate"]["npt"] == 1000        # the schema's default point count
     assert full["input"] == {**full["input"], "file": "raw/scan_00575_master.h5", "format": "eiger"}
     assert full["save"]["filename"] == "test_scan.h5"
     assert full["pipeline"] == "xrd"
@@ -66,7 +67,7 @@ def test_import_config_cli_writes_valid_yaml(tmp_path):
     res = daisy("import-config", str(REPO / ".test" / "xrd-import" / "design.py"), "-o", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     cfg = yaml.safe_load(out.read_text())
-    assert cfg["integrate"]["npt"] == 40
+    assert cfg["threads"] == 40
     assert daisy("validate", str(out), cwd=tmp_path).returncode == 0
     # the design file itself is accepted by validate too
     assert daisy("validate", str(REPO / ".test" / "xrd-import" / "design.py"), cwd=tmp_path).returncode == 0
