@@ -49,8 +49,10 @@ def collect(run) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     for record in records.values():
         outputs.update(record.get("outputs", {}))
-    for target in run.targets:
-        outputs[target] = _file_info(Path(target))
+    for target in map(Path, run.targets):
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        for path in files:
+            outputs[str(path)] = outputs.get(str(path)) or _file_info(path)
     results = {f"{name}/{step['step']}": step["results"]
                for name, record in records.items() for step in record["steps"] if step.get("results")}
     images = {name: {k: lock.get(name, {}).get(k) for k in
