@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--circ-mask", type=float, default=None)
     ap.add_argument("--rows", type=int, nargs=2, default=None, help="detector rows start stop")
     ap.add_argument("--angles", type=float, nargs=2, default=None,
-                    help="start end degrees (endpoint included) instead of the file's angles")
+                    help="start end degrees (end excluded unless --endpoint) instead of the file's angles")
+    ap.add_argument("--endpoint", action="store_true", help="include the end angle (as tomopy.angles)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     ncore = args.threads
@@ -81,7 +82,8 @@ def main() -> None:
     t = {"start": time.perf_counter()}
     proj, flat, dark, theta = read_raw(args.raw, args.rows)
     if args.angles is not None:
-        theta = np.linspace(np.deg2rad(args.angles[0]), np.deg2rad(args.angles[1]), proj.shape[0]).astype(np.float32)
+        theta = np.linspace(np.deg2rad(args.angles[0]), np.deg2rad(args.angles[1]), proj.shape[0],
+                            endpoint=args.endpoint).astype(np.float32)
     t["read"] = time.perf_counter()
 
     # normalize; guard: dead pixels (mean flat - mean dark < 1e-6) -> 1, non-finite -> 1, < 1e-6 -> 1e-6

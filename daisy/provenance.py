@@ -35,7 +35,9 @@ def _apptainer_version() -> str | None:
 
 
 def _file_info(path: Path) -> dict[str, Any]:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    from .containers import sha256_file as cached_sha256  # cached by (path, size, mtime, ctime, inode)
+
+    return {"size": path.stat().st_size, "sha256": cached_sha256(path)}
 
 
 def collect(run) -> dict[str, Any]:

@@ -20,11 +20,13 @@ def source_ref(cfg: dict) -> str:
     return f"{cfg['input']['file']}:{dataset}" if dataset else cfg["input"]["file"]
 
 
-def frame_range(cfg: dict) -> tuple[int, int]:
-    """First and one-past-last frame to integrate (reads only metadata)."""
+def scan_files(cfg: dict) -> tuple[int, int, list[str]]:
+    """First and one-past-last frame to integrate, and every file holding frames (an Eiger
+    master and the data files it links). Reads only metadata."""
     inp = cfg["input"]
     source = open_source(FileRef.parse(source_ref(cfg)), inp["format"], inp["start"], inp["stop"])
-    return inp["start"], inp["start"] + len(source)
+    files = getattr(source, "files", None) or [inp["file"]]
+    return inp["start"], inp["start"] + len(source), [str(f) for f in files]
 
 
 def block_bounds(cfg: dict, start: int, stop: int) -> list[tuple[int, int]]:
@@ -67,12 +69,10 @@ def xy_dir(run: Run) -> str:
 def plan(run: Run) -> None:
     cfg = run.config
     inp, mask = cfg["input"], cfg["mask"]
-    run.inputs = [inp["file"]] + [p for p in (inp["dark"], inp["flat"], mask["file"]) if p]
-    run.inputs = [str(FileRef.parse(p).path) for p in run.inputs]
+    start, stop, files = scan_files(cfg)
+    extra = [str(FileRef.parse(p).path) for p in (inp["dark"], inp["flat"], mask["file"]) if p]
     poni = cfg["integrate"].get("geometry", {}).get("poni")
-    if poni:
-        run.inputs.append(poni)
-    start, stop = frame_range(cfg)
+    run.inputs = [inp["file"], *[f for f in files if f != inp["file"]], *extra, *([poni] if poni else [])]
     mask_params = {k: v for k, v in mask.items() if k != "file"}
     integrate_inputs = {k: inp[k] for k in ("dark", "flat") if inp[k]}
     bounds = block_bounds(cfg, start, stop)

@@ -62,11 +62,14 @@ class FindCenter(Step):
         if wanted[0] < r0 or wanted[-1] >= r1:
             raise StepError(f"{self.name}: rows {wanted[0]}..{wanted[-1]} around row {row} are not all among the "
                             f"loaded detector rows {r0}:{r1}; load them (ct.load row_start/row_stop) or move 'row'")
+        reach = min(50.0, proj.shape[2] / 4.0)
+        smin = -reach if p["vo_smin"] is None else p["vo_smin"]
+        smax = reach if p["vo_smax"] is None else p["vo_smax"]
         per_row = []
         for absolute in wanted:
             ind = absolute - r0
             if method == "vo":
-                c = tomopy.find_center_vo(proj, ind=ind, smin=p["vo_smin"], smax=p["vo_smax"], srad=p["vo_srad"],
+                c = tomopy.find_center_vo(proj, ind=ind, smin=smin, smax=smax, srad=p["vo_srad"],
                                           step=p["vo_step"], ratio=p["vo_ratio"], drop=p["vo_drop"],
                                           ncore=self.ctx.threads)
             else:
@@ -75,4 +78,7 @@ class FindCenter(Step):
                                        mask=True, ratio=p["entropy_ratio"])
             per_row.append(float(np.asarray(c).reshape(-1)[0]))
         center = float(np.median(per_row))
-        return center, {"method": method, "rows": wanted, "per_row": per_row}
+        info = {"method": method, "rows": wanted, "per_row": per_row}
+        if method == "vo":
+            info.update(smin=smin, smax=smax)
+        return center, info

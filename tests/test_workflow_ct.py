@@ -1,0 +1,155 @@
+"""The CT pipeline end to end in the tomopy and base images, through plain Snakemake and `daisy run`:
+every raw layout, chunked == unchunked, pipeline == direct tomopy script, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from daisy_steps.fileio import sha256_file
+
+from .conftest import require_image
+from .workflow_helpers import REPO, daisy, snakemake
+
+pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
+LAYOUTS = ("nxtomo", "dxchange", "daisy")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def ct_workdir(tmp_path_factory):
+    require_image("tomopy")
+    require_image("base")
+    from daisy.workflow import run_job_in_image
+
+    work = tmp_path_factory.mktemp("ct")
+    data = work / "data"
+    steps = [{"step": "sample.ct_phantom", "outputs": {"raw": str(data / f"ct-{layout}.h5")},
+              "params": {"size": SIZE, "n_angles": 120, "layout": layout, "seed": 7, "center_offset": 3.5}}
+             for layout in LAYOUTS]
+    run_job_in_image("tomopy", {"job": "sample", "threads": 2, "steps": steps}, work / "jobs" / "sample.json", work)
+    return work
+
+
+def volume(path) -> np.ndarray:
+    with h5py.File(path) as handle:
+        return handle["/entry/data/data"][()]
+
+
+def scenario(work, name, **changes):
+    cfg = yaml.safe_load((REPO / ".test" / name / "config.yaml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    path = work / f"{name}-{abs(hash(json.dumps(changes, sort_keys=True))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, work / cfg["outdir"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ct_scenarios(ct_workdir, layout):
+    work = ct_workdir
+    raw = work / "data" / f"ct-{layout}.h5"
+    before = sha256_file(raw)
+    snakemake(work, REPO / ".test" / f"ct-{layout}" / "config.yaml")
+    out = work / "results" / f"ct-{layout}"
+    vol = volume(out / "ct" / "volume.h5")
+    assert vol.shape == (SIZE, SIZE, SIZE) and vol.dtype == np.float32
+    assert np.isfinite(vol).all()
+    with h5py.File(out / "ct" / "volume.h5") as handle:
+        assert handle["/entry/data/data"].is_virtual            # gathered without copying
+        assert handle["/entry/data"].attrs["NX_class"] == "NXdata"
+    for name in ("xy", "xz", "yz", "sinogram"):
+        assert (out / "ct" / "previews" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "ct" / "volume.tif").exists() == (layout == "daisy")
+    prov = json.loads((out / "provenance.json").read_text())
+    centre = prov["results"]["ct_center/ct.find_center"]["center"]
+    with h5py.File(raw) as handle:
+        truth = float(handle["/truth"].attrs["center"]) if "/truth" in handle else None
+    if truth is not None:
+        assert abs(centre - truth) <= 1.0
+    assert sha256_file(raw) == before
+    assert prov["inputs"][f"data/ct-{layout}.h5"]["sha256"] == before
+    assert len([j for j in prov["jobs"] if j.startswith("ct_slab_")]) == 3
+    for name, record in prov["jobs"].items():
+        if name.startswith("ct_slab_"):
+            recon = next(s for s in record["steps"] if s["step"] == "ct.recon")
+            assert recon["results"]["center"] == centre   # every slab used the centre found
+
+
+def test_chunked_equals_unchunked_and_direct_tomopy(ct_workdir):
+    work = ct_workdir
+    one, out_one = scenario(work, "ct-nxtomo", outdir="results/ct-one-slab", slabs={"count": 1})
+    many, out_many = scenario(work, "ct-nxtomo", outdir="results/ct-five-slabs", slabs={"height": 14})
+    snakemake(work, one)
+    snakemake(work, many)
+    vol_one = volume(out_one / "ct" / "volume.h5")
+    vol_many = volume(out_many / "ct" / "volume.h5")
+    prov = json.loads((out_many / "provenance.json").read_text())
+    assert len([j for j in prov["jobs"] if j.startswith("ct_slab_")]) == 5      # 14,14,14,14,8 rows
+    assert np.array_equal(vol_one, vol_many)
+    # the same operations as one plain tomopy script, in the same image
+    from daisy import containers
+    direct = work / "direct" / "volume.h5"
+    direct.parent.mkdir(exist_ok=True)
+    cmd = containers.exec_argv("tomopy", ["python3", str(REPO / "bench" / "direct_tomopy.py"),
+                                          str(work / "data" / "ct-nxtomo.h5"), str(direct),
+                                          "--center", str(out_one / "ct" / "center.json"), "--stripe", "fw",
+                                          "--threads", "2"],
+                               binds_ro=[REPO / "bench", work / "data", out_one / "ct"], binds_rw=[direct.parent])
+    subprocess.run(cmd, check=True, capture_output=True)
+    with h5py.File(direct) as handle:
+        name = next(k for k in ("/entry/data/data", "/volume", "/data") if k in handle)
+        assert np.array_equal(handle[name][()], vol_one)
+
+
+def _copy_with(work, name, edit):
+    src = work / "data" / f"ct-{name}.h5"
+    bad = work / "bad" / f"{edit.__name__}.h5"
+    bad.parent.mkdir(exist_ok=True)
+    shutil.copyfile(src, bad)
+    with h5py.File(bad, "r+") as handle:
+        edit(handle)
+    return bad
+
+
+def darks_of_another_shape(handle):
+    dark = handle["/entry/dark"][()]
+    del handle["/entry/dark"]
+    handle["/entry/dark"] = dark[:, :-2, :]
+
+
+def angles_count_differs(handle):
+    theta = handle["/exchange/theta"][()]
+    del handle["/exchange/theta"]
+    handle["/exchange/theta"] = theta[:-5]
+
+
+@pytest.mark.parametrize("case, layout, words", [
+    ("wrong_dataset", "nxtomo", ["/entry/nope"]),
+    (darks_of_another_shape, "daisy", ["/entry/dark", "shape"]),
+    (angles_count_differs, "dxchange", ["/exchange/theta", "115", "120"]),
+])
+def test_bad_inputs_fail_naming_them_and_leave_no_output(ct_workdir, case, layout, words):
+    work = ct_workdir
+    changes = {"outdir": f"results/bad-{getattr(case, '__name__', case)}"}
+    if case == "wrong_dataset":
+        changes["input"] = {"data_path": "/entry/nope"}
+    else:
+        changes["input"] = {"file": str(_copy_with(work, layout, case))}
+    cfg, out = scenario(work, f"ct-{layout}", **changes)
+    res = daisy("run", "ct", "--config", str(cfg), cwd=work)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0
+    for word in words:
+        assert word in text, text[-3000:]
+    left = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".h5", ".png", ".tif")] if out.exists() else []
+    assert left == []
