@@ -349,6 +349,7 @@ def _run_build(name: str, deffile: Path, target: Path, build_args: dict, needs_c
         tail: list[str] = []
         for line in proc.stdout:
             out.write(line)
+            out.flush()                        # the log is for watching a long build live
             tail = (tail + [line.rstrip()])[-15:]
             now = time.monotonic()
             phase = _phase_line(line.rstrip())
