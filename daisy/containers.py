@@ -38,6 +38,8 @@ LOCK_PATH = REPO / "containers" / "images.lock.json"
 CONTAINERS_DIR = REPO / "containers"
 STEPS_DIR = REPO / "daisy_steps"          # bound read-only at /opt/daisy/daisy_steps
 STEPS_TARGET = "/opt/daisy/daisy_steps"
+SCHEMAS_DIR = REPO / "schemas"             # bound read-only at /opt/daisy/schemas (the steps' schemas)
+SCHEMAS_TARGET = "/opt/daisy/schemas"
 LOCK_VERSION = 1
 KEY_VERSION = 1                            # bump when the key's composition changes
 APPTAINER = "apptainer"
@@ -559,6 +561,8 @@ def exec_argv(name: str, argv: Sequence[str], binds_ro: Iterable = (), binds_rw:
     cmd = [APPTAINER, "exec", *EXEC_OPTIONS]
     if STEPS_DIR.is_dir():
         cmd += ["--bind", f"{STEPS_DIR.resolve()}:{STEPS_TARGET}:ro"]
+    if SCHEMAS_DIR.is_dir():
+        cmd += ["--bind", f"{SCHEMAS_DIR.resolve()}:{SCHEMAS_TARGET}:ro"]
     for p in binds_ro:
         cmd += _bind_spec(p, "ro")
     for p in binds_rw:
@@ -662,6 +666,31 @@ def _cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+def prune(dry_run: bool = False) -> list[Path]:
+    """Remove cached SIFs (and their sidecars) that the lock no longer names."""
+    keep = {entry["file"] for entry in load_lock().get("images", {}).values()}
+    removed = []
+    for sif in sorted(cache_dir().glob("*.sif")):
+        if sif.name in keep:
+            continue
+        removed.append(sif)
+        if not dry_run:
+            for path in (sif, sif.with_name(sif.name + ".json")):
+                if path.exists():
+                    path.chmod(0o644)
+                    path.unlink()
+    return removed
+
+
+def _cmd_prune(args) -> int:
+    removed = prune(args.dry_run)
+    for path in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path.name}")
+    if not removed:
+        print("nothing to prune: every cached image is in the lock")
+    return 0
+
+
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add ``containers {build,list,inspect,verify}`` to an argparse subparsers object (``args.func(args)``)."""
     p = subparsers.add_parser("containers", help="build, list, inspect and verify the Apptainer images")
@@ -681,6 +710,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check cached images against the lock's sha256")
     v.add_argument("names", nargs="*", metavar="NAME")
     v.set_defaults(func=_cmd_verify)
+    pr = sub.add_parser("prune", help="delete cached images the lock no longer names (older builds)")
+    pr.add_argument("-n", "--dry-run", action="store_true", help="only list what would be removed")
+    pr.set_defaults(func=_cmd_prune)
     return p
 
 

@@ -95,7 +95,9 @@ def plan(config: dict[str, Any], source: str = "config") -> Run:
 def bind_paths(run: Run) -> str:
     """APPTAINER_BIND value: input folders read-only, the output folder read-write, the step
     code and schemas read-only at /opt/daisy (where the images' PYTHONPATH points)."""
-    binds = [f"{REPO / 'daisy_steps'}:/opt/daisy/daisy_steps:ro", f"{REPO / 'schemas'}:/opt/daisy/schemas:ro"]
+    from . import containers
+
+    binds = [f"{containers.STEPS_DIR}:{containers.STEPS_TARGET}:ro", f"{containers.SCHEMAS_DIR}:{containers.SCHEMAS_TARGET}:ro"]
     outdir = run.outdir.resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     binds.append(f"{outdir}:{outdir}")
@@ -147,10 +149,9 @@ def run_job_in_image(image: str, document: dict[str, Any], job_path: Path, outdi
     argv = ["python3", "-m", "daisy_steps", "run", "--job", str(job_path.resolve())]
     if quiet:
         argv.append("--quiet")
-    schemas = REPO / "schemas"
     containers.verify_image(image)
-    cmd = containers.exec_argv(image, argv, binds_ro=[schemas, *sorted({Path(p).resolve().parent for p in inputs})],
-                               binds_rw=[outdir], env={"DAISY_SCHEMAS": str(schemas)})
+    cmd = containers.exec_argv(image, argv, binds_ro=sorted({Path(p).resolve().parent for p in inputs}),
+                               binds_rw=[outdir])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("daisy step")] or proc.stderr.splitlines()[-5:]
