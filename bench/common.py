@@ -45,7 +45,8 @@ def machine() -> dict:
     version = subprocess.run([apptainer, "--version"], capture_output=True, text=True).stdout.strip() if apptainer else None
     debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else None
     return {"cores": os.cpu_count(), "memory_gib": round(mem, 1), "cpu": cpu, "debian": debian,
-            "apptainer": version, "python": platform.python_version()}
+            "apptainer": version, "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -85,7 +86,8 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
     shown = f"{value:.3f}" if mode == "ratio" else f"{value:+.3f} {unit}"
     print(f"{name} [{size}]: DAISY {med_a:.3f} {unit}, direct {med_b:.3f} {unit}, "
           f"{'ratio' if mode == 'ratio' else 'difference'} {shown} (target {target or 'report'})"
-          f"{'' if met is None else ' MET' if met else ' MISSED'}; machine: {facts['cores']} cores, {facts['memory_gib']} GiB")
+          f"{'' if met is None else ' MET' if met else ' MISSED'}; machine: {facts['cores']} cores, {facts['memory_gib']} GiB, "
+          f"load average {facts['load_avg'][0]:.2f}")
     if record and not os.environ.get("DAISY_BENCH_NO_RECORD"):
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -93,7 +95,8 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
             TABLE.parent.mkdir(parents=True, exist_ok=True)
             old = TABLE.read_text() if TABLE.exists() else "# Benchmarks\n\n"
             TABLE.write_text(old.rstrip("\n") + "\n\n" + HEADER)
-        machine_text = f"{facts['cores']} cores, {facts['memory_gib']} GiB, Debian {facts['debian']}"
+        machine_text = (f"{facts['cores']} cores, {facts['memory_gib']} GiB, Debian {facts['debian']}, "
+                        f"load {facts['load_avg'][0]:.1f}")
         row = (f"| {result['date'][:16]} | {name} | {size} | {med_a:.3f} {unit} | {med_b:.3f} {unit} | {shown} | "
                f"{target or 'report'} | {'' if met is None else 'yes' if met else 'no'} | {machine_text} |\n")
         with TABLE.open("a") as handle:
@@ -104,3 +107,18 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
 def daisy_python() -> str:
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv if venv.exists() else sys.executable)
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def bench_data_dir() -> Path:
+    """Where big generated data lives (outside the repository): $DAISY_BENCH_DATA or /work/bench-data."""
+    path = Path(os.environ.get("DAISY_BENCH_DATA", "/work/bench-data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -103,6 +103,8 @@ def main() -> None:
         proj = tomopy.remove_stripe_sf(proj, size=5, ncore=ncore)
     t["prep"] = time.perf_counter()
 
+    if args.algorithm == "mlem":  # as ct.recon's clip_negative 'auto'
+        np.maximum(proj, np.float32(0), out=proj)
     # gridrec reconstructs slices in pairs: give each thread an even number of slices
     per_thread = math.ceil(proj.shape[1] / ncore)
     kwargs = ({"filter_name": args.filter} if args.algorithm in ("gridrec", "fbp") else {"num_iter": args.num_iter})

@@ -76,3 +76,17 @@ def test_corrupted_image_refuses_the_run(workdir, tmp_path_factory):
     assert not (workdir / "results" / "copy" / "copy" / "data.h5").exists()
     res = daisy("run", "copy", "--config", str(REPO / ".test" / "copy" / "config.yaml"), cwd=workdir, env=env)
     assert res.returncode == 2 and "base" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_step_cannot_write_into_its_input_folder(workdir):
+    """Inputs are bound read-only inside the container: a run whose outdir lies in the input
+    folder fails, and the input folder is unchanged."""
+    cfg = workdir / "into-input.yaml"
+    cfg.write_text("config_version: 1\npipeline: copy\ninput: data/raw.h5:/entry/tomo\noutdir: data/out\n")
+    before = sorted(p.name for p in (workdir / "data").rglob("*") if p.is_file())
+    proc = snakemake(workdir, cfg, check=False)
+    assert proc.returncode != 0
+    assert "not writable" in proc.stdout + proc.stderr or "Read-only file system" in proc.stdout + proc.stderr
+    after = sorted(p.name for p in (workdir / "data").rglob("*") if p.is_file() and "logs" not in p.parts
+                   and "jobs" not in p.parts)
+    assert [p for p in after if p.endswith(".h5")] == [p for p in before if p.endswith(".h5")]

@@ -126,6 +126,22 @@ def _slab_inputs(ctx, dataset: str) -> list[dict]:
     return slabs
 
 
+def _virtual_dataset(group: h5py.Group, name: str, shape, dtype, mapping) -> h5py.Dataset:
+    """A virtual dataset stacking slab datasets along axis 0, built with the low-level API so
+    that it carries no time stamp (h5py's create_virtual_dataset keeps HDF5's default,
+    track_times on, in some versions, which makes the file differ from run to run)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_fill_value(np.array(np.nan, dtype=dtype))
+    for pos, rel, slab in mapping:
+        vspace = h5py.h5s.create_simple(tuple(shape))
+        vspace.select_hyperslab((pos, 0, 0), tuple(slab["shape"]))
+        dcpl.set_virtual(vspace, rel.encode(), slab["dataset"].encode(), h5py.h5s.create_simple(tuple(slab["shape"])))
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), h5py.h5s.create_simple(tuple(shape)),
+                    dcpl=dcpl).close()
+    return group[name]
+
+
 class Gather(Step):
     """Join slab files into one volume without copying: an HDF5 virtual dataset (NXdata) whose
     sources are the slab files by *relative* path, so the folder can be moved. Optionally a
@@ -148,15 +164,13 @@ class Gather(Step):
         final = self.ctx.final_output("volume")
         ref = self.ctx.output("volume")
         dataset = ref.dataset or VOLUME_DATASET
-        layout = h5py.VirtualLayout(shape=(nz, ny, nx), dtype=dtype)
+        mapping = []
         pos = 0
-        sources = []
         for slab in slabs:
             rel = os.path.relpath(Path(slab["path"]).resolve(), final.path.resolve().parent)
-            sources.append(rel)
-            layout[pos:pos + slab["shape"][0]] = h5py.VirtualSource(rel, slab["dataset"], shape=slab["shape"],
-                                                                   dtype=dtype)
+            mapping.append((pos, rel, slab))
             pos += slab["shape"][0]
+        sources = [rel for _, rel, _ in mapping]
         with h5py.File(ref.path, "w") as handle:
             handle.attrs["default"] = "entry"
             entry = _nx_group(handle, "/entry", "NXentry")
@@ -165,7 +179,7 @@ class Gather(Step):
             group.attrs["signal"] = name
             group.attrs["axes"] = np.array([".", ".", "."], dtype=h5py.string_dtype())
             entry.attrs["default"] = group.name.rsplit("/", 1)[1]
-            dset = group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+            dset = _virtual_dataset(group, name, (nz, ny, nx), dtype, mapping)
             for key, value in slabs[0]["attrs"].items():
                 if key not in ("row_offset",):
                     dset.attrs[key] = value

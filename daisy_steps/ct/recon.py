@@ -62,6 +62,9 @@ class Recon(Step):
             kwargs["filter_name"] = p["filter_name"]
         else:
             kwargs["num_iter"] = p["num_iter"]
+        clip = p["clip_negative"] == "always" or (p["clip_negative"] == "auto" and algorithm == "mlem")
+        if clip:
+            np.maximum(proj, np.float32(0), out=proj)
         rows = proj.shape[1]
         recon = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
                              sinogram_order=False, ncore=self.ctx.threads,
@@ -74,7 +77,7 @@ class Recon(Step):
                                      ncore=self.ctx.threads)
             recon = np.asarray(recon, dtype=np.float32)
         info = {"algorithm": algorithm, "center": center, "center_source": source, **kwargs,
-                "circ_mask_ratio": p["circ_mask_ratio"]}
+                "clip_negative": clip, "circ_mask_ratio": p["circ_mask_ratio"]}
         self.store["recon"] = recon
         self.store["recon_info"] = info
         self.ctx.extra.update(info, shape=list(recon.shape))
