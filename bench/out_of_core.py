@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Out of core: ``daisy run ct`` on a scan 3x larger than each job's enforced memory limit must
+complete and give a volume bit-identical to an in-memory run (the direct tomopy script, one
+process holding the whole scan).
+
+Enforcement: the kernel's address-space limit (RLIMIT_AS, ``ulimit -v``) on every job's process
+inside its container. ``prlimit`` cannot go on snakemake or on ``apptainer`` itself (the Go
+starter reserves more address space than the limit and aborts), and apptainer's ``--memory``
+needs a systemd cgroup manager this host lacks. So a shim named ``apptainer`` is put first on
+PATH: it calls the real apptainer with ``prlimit --as=LIMIT --`` inserted after the image, so the
+job's shell and its ``python3 -m daisy_steps`` (and tomopy's threads) run under the limit; every
+call is logged. RLIMIT_AS counts all mapped memory (libraries, thread stacks, malloc arenas), so
+it is stricter than a resident-memory (cgroup) limit. A negative control runs one slab job planned
+by DAISY's default sizing (max_memory_mb 2048) under the same limit and must fail.
+
+    python3 bench/out_of_core.py --size full --limit-mib 1024 --slab-height 16
+    python3 bench/out_of_core.py --size tiny --limit-mib 1024 --slab-height 4   # smoke
+
+Reported: A = DAISY wall time under the limit, B = direct in-memory wall time (from the same
+run), ratio; met = completed and bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from common import REPO, bench_data_dir, daisy_python, loadavg, report, run, timed
+from ct_vs_tomopy import SIZES, volumes_equal
+
+SHIM = """#!/bin/bash
+# apptainer shim (bench/out_of_core.py): run the container's command under prlimit --as
+args=()
+done=0
+for a in "$@"; do
+  args+=("$a")
+  if [ $done = 0 ] && [[ "$a" == *.sif ]]; then args+=(prlimit "--as=$DAISY_BENCH_AS_LIMIT" --); done=1; fi
+done
+[ $done = 1 ] && echo "$(date +%T) limited to $DAISY_BENCH_AS_LIMIT bytes: ${args[*]: -3}" >> "$DAISY_BENCH_SHIM_LOG"
+exec @REAL@ "${args[@]}"
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--limit-mib", type=int, default=1024, help="RLIMIT_AS of each job (MiB)")
+    ap.add_argument("--slab-height", type=int, default=16, help="detector rows per slab job")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--no-control", action="store_true", help="skip the negative control")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    from daisy import containers
+
+    import make_ct_data
+
+    angles, rows, cols = SIZES[args.size]
+    data_dir = (args.data_dir or bench_data_dir()).resolve()
+    raw = make_ct_data.make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=True)
+    center = make_ct_data.true_center(raw)
+    limit = args.limit_mib * 2**20
+    raw_bytes = raw.stat().st_size
+    work = data_dir / f"work-ooc-{args.size}"
+    shutil.rmtree(work / "daisy-out", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    shim_dir = work / "shim"
+    shim_dir.mkdir(exist_ok=True)
+    shim = shim_dir / "apptainer"
+    shim.write_text(SHIM.replace("@REAL@", shutil.which("apptainer")))
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    log = work / "shim.log"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "PATH": f"{shim_dir}:{os.environ['PATH']}", "DAISY_BENCH_AS_LIMIT": str(limit),
+           "DAISY_BENCH_SHIM_LOG": str(log)}
+    print(f"out of core: {raw.name} {raw_bytes / 2**30:.2f} GiB raw = {raw_bytes / limit:.1f} x the per-job limit "
+          f"(RLIMIT_AS {args.limit_mib} MiB); slabs of {args.slab_height} rows; load average {loadavg()}", flush=True)
+
+    # negative control: a slab job of DAISY's default size under the same limit must fail
+    control = None
+    if not args.no_control:
+        from daisy.workflow import plan, run_job_in_image  # noqa: F401
+
+        cfg0 = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "control"), "threads": args.threads,
+                "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
+                "save": {"previews": False, "compression": "none"}}
+        plan0 = plan(cfg0)
+        doc = plan0.job_document("ct_slab_0000")
+        for st in doc["steps"]:
+            if st["step"] == "ct.recon":
+                st["inputs"] = {}
+                st["params"] = {**st["params"], "center": center}
+        job = work / "control" / "jobs" / "control.json"
+        job.parent.mkdir(parents=True, exist_ok=True)
+        job.write_text(json.dumps(doc))
+        r0, r1 = plan0.slabs[0]
+        cmd = containers.exec_argv("tomopy", ["prlimit", f"--as={limit}", "--", "python3", "-m", "daisy_steps", "run",
+                                              "--job", job], binds_ro=[raw.parent], binds_rw=[work / "control"])
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "Memory" in ln or "daisy step" in ln]
+        control = {"rows": r1 - r0, "exit": proc.returncode, "message": (lines or ["(none)"])[-1][:300]}
+        print(f"  negative control: default-size slab ({r1 - r0} rows) under the limit -> exit {proc.returncode}: "
+              f"{control['message']}", flush=True)
+
+    cfg = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "daisy-out"), "threads": args.threads,
+           "input": {"file": str(raw), "layout": "dxchange"}, "stripe": {"method": "none"},
+           "center": {"method": "manual", "center": center}, "recon": {"algorithm": "gridrec"},
+           "slabs": {"height": args.slab_height}, "save": {"previews": False, "tiff": False, "compression": "none"}}
+    config = work / "ct.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    a = timed(lambda: run([daisy_python(), "-m", "daisy", "run", "ct", "--config", config, "--cores", args.threads],
+                          cwd=work, env=env))
+    limited = log.read_text().splitlines() if log.exists() else []
+    print(f"  DAISY under the limit: {a:.1f} s, {len(limited)} container calls limited (log {log})", flush=True)
+
+    # the in-memory reference: the direct script in one process (reused from ct_vs_tomopy when present)
+    ref = data_dir / f"work-ct-{args.size}-none" / "direct" / "volume.h5"
+    b = None
+    ref_json = REPO / "bench" / "results" / ("ct_ratio.json" if args.size == "full" else "")
+    if not ref.exists():
+        ref = work / "direct" / "volume.h5"
+        ref.parent.mkdir(exist_ok=True)
+        cmd = containers.exec_argv("tomopy", ["python3", REPO / "bench" / "direct_tomopy.py", raw, ref, "--center",
+                                              repr(center), "--threads", args.threads],
+                                   binds_ro=[REPO / "bench", raw.parent], binds_rw=[ref.parent])
+        b = timed(lambda: run(cmd))
+    elif ref_json.is_file():
+        b = json.loads(ref_json.read_text()).get("b_median")
+    equal, diff = volumes_equal(work / "daisy-out" / "ct" / "volume.h5", ref)
+    slabs = len(list((work / "daisy-out" / "ct" / "slabs").glob("slab_*.h5")))
+    print(f"  {slabs} slab jobs; volume bit-identical to the in-memory run: {equal}"
+          + ("" if equal else f" (max abs difference {diff:.3g})"))
+    control_ok = control is None or control["exit"] != 0
+    report("out_of_core" + ("_tiny" if args.size == "tiny" else ""),
+           f"{angles}x{rows}x{cols} raw {raw_bytes / 2**30:.2f} GiB, RLIMIT_AS {args.limit_mib} MiB/job, "
+           f"{slabs} slabs", a, b if b else a, mode="ratio", target="completes, identical",
+           met=bool(equal and control_ok),
+           extra={"identical": equal, "limit_bytes": limit, "raw_bytes": raw_bytes, "slab_jobs": slabs,
+                  "limited_calls": len(limited), "negative_control": control, "reference": str(ref)},
+           record=not args.no_record)
+    return 0 if equal else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
