@@ -27,7 +27,7 @@ def make(folder: Path, frames: int = 500, per_file: int = 100, binning: int = 1,
     folder = Path(folder).resolve()
     master, poni = folder / "scan_00001_master.h5", folder / "scan_00001.poni"
     params = {"n_frames": frames, "frames_per_file": per_file, "binning": binning, "seed": seed,
-              "compression": "bitshuffle_lz4", "dtype": "uint32"}
+              "compression": "bitshuffle-lz4", "dtype": "uint32"}
     stamp = folder / "bench_params.json"
     if master.exists() and poni.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
         return master, poni

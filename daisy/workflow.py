@@ -150,8 +150,8 @@ def run_job_in_image(image: str, document: dict[str, Any], job_path: Path, outdi
     if quiet:
         argv.append("--quiet")
     containers.verify_image(image)
-    cmd = containers.exec_argv(image, argv, binds_ro=sorted({Path(p).resolve().parent for p in inputs}),
-                               binds_rw=[outdir])
+    folders = {Path(p).resolve().parent for p in inputs} | {job_path.resolve().parent}
+    cmd = containers.exec_argv(image, argv, binds_ro=sorted(folders - {outdir.resolve()}), binds_rw=[outdir])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("daisy step")] or proc.stderr.splitlines()[-5:]

@@ -51,6 +51,22 @@ def open_dataset(ref: FileRef) -> Iterator[h5py.Dataset]:
         yield get_dataset(handle, ref.dataset, ref.path)
 
 
+def compression_options(name: str, level: int = 4) -> dict:
+    """``create_dataset`` keyword arguments for a compression name used by the schemas:
+    none, gzip (with byte shuffle), lzf, bitshuffle-lz4 (what Eiger detectors write)."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "bitshuffle-lz4":
+        if hdf5plugin is None:  # pragma: no cover - every DAISY image ships it
+            raise StepError("compression bitshuffle-lz4 needs hdf5plugin, which is not installed")
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    raise StepError(f"unknown compression '{name}' (allowed: none, gzip, lzf, bitshuffle-lz4)")
+
+
 def chunk_shape(shape: tuple[int, ...], itemsize: int, target_bytes: int = 1 << 20) -> tuple[int, ...] | None:
     """Chunks of whole 2D planes of the last two axes, about ``target_bytes`` each."""
     if len(shape) < 2 or 0 in shape:
@@ -68,10 +84,7 @@ def write_array(ref: FileRef, data: np.ndarray, compression: str = "gzip", attrs
     dataset = ref.dataset or "/entry/data/data"
     opts = {}
     if compression != "none" and data.ndim >= 2:
-        opts = {"chunks": chunk_shape(data.shape, data.dtype.itemsize), "compression": compression}
-        if compression == "gzip":
-            opts["compression_opts"] = 4
-            opts["shuffle"] = True
+        opts = {"chunks": chunk_shape(data.shape, data.dtype.itemsize), **compression_options(compression)}
     with h5py.File(ref.path, "w") as handle:
         dset = handle.create_dataset(dataset, data=data, **opts)
         for key, value in (attrs or {}).items():

@@ -79,14 +79,16 @@ def test_corrupted_image_refuses_the_run(workdir, tmp_path_factory):
 
 
 def test_step_cannot_write_into_its_input_folder(workdir):
-    """Inputs are bound read-only inside the container: a run whose outdir lies in the input
-    folder fails, and the input folder is unchanged."""
-    cfg = workdir / "into-input.yaml"
-    cfg.write_text("config_version: 1\npipeline: copy\ninput: data/raw.h5:/entry/tomo\noutdir: data/out\n")
-    before = sorted(p.name for p in (workdir / "data").rglob("*") if p.is_file())
-    proc = snakemake(workdir, cfg, check=False)
-    assert proc.returncode != 0
-    assert "not writable" in proc.stdout + proc.stderr or "Read-only file system" in proc.stdout + proc.stderr
-    after = sorted(p.name for p in (workdir / "data").rglob("*") if p.is_file() and "logs" not in p.parts
-                   and "jobs" not in p.parts)
-    assert [p for p in after if p.endswith(".h5")] == [p for p in before if p.endswith(".h5")]
+    """Inputs are bound read-only inside the container: a job told to write beside its input
+    fails naming the folder, and the input folder is unchanged."""
+    from daisy.workflow import run_job_in_image
+    from daisy_steps.errors import StepError
+
+    data = workdir / "data"
+    before = {p.name: sha256_file(p) for p in data.iterdir()}
+    job = {"job": "sneaky", "steps": [
+        {"step": "hdf5.load", "inputs": {"source": f"{data / 'raw.h5'}:/entry/tomo"}},
+        {"step": "hdf5.save", "outputs": {"target": f"{data / 'written.h5'}:/x"}}]}
+    with pytest.raises(StepError, match=r"output folder .*data is not writable"):
+        run_job_in_image("base", job, workdir / "jobs" / "sneaky.json", workdir / "out", inputs=[data / "raw.h5"])
+    assert {p.name: sha256_file(p) for p in data.iterdir()} == before

@@ -15,27 +15,12 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
-from ..h5 import get_dataset, open_file
+from ..h5 import compression_options, get_dataset, open_file
 from ..png import to_uint8, write_png
 
 SLAB_DATASET = "/entry/recon/data"
 VOLUME_DATASET = "/entry/data/data"
 CHUNK_BYTES = 4 << 20
-
-
-def compression_options(name: str, level: int = 4) -> dict:
-    """Keyword arguments of ``create_dataset`` for a compression choice of the schemas."""
-    if name == "none":
-        return {}
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
-    if name == "lzf":
-        return {"compression": "lzf", "shuffle": True}
-    if name == "bitshuffle-lz4":
-        import hdf5plugin
-
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    raise StepError(f"unknown compression '{name}'")
 
 
 def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -93,8 +78,7 @@ class SaveSlab(Step):
 
 def _slab_inputs(ctx, dataset: str) -> list[dict]:
     """The slab files of a gather job (input slots named ``slab*``), ordered by row offset."""
-    # JobContext has no public list of slots yet; fall back to its private dict
-    names = ctx.input_slots() if hasattr(ctx, "input_slots") else list(ctx._inputs)
+    names = ctx.input_slots()
     slots = sorted(s for s in names if s.startswith("slab"))
     if not slots:
         raise StepError("ct.gather: no slab inputs (input slots named slab0, slab1, ...)")

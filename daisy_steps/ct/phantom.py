@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from ..core import Step
-from .output import compression_options
+from ..h5 import compression_options
 
 DARK_LEVEL = 100.0
 

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from ..errors import StepError
+from ..h5 import compression_options
 
 UNITS = {
     "2th_deg": ("two_theta", "deg", "2θ"),
@@ -77,9 +78,7 @@ class ResultWriter:
         if unit not in UNITS:
             raise StepError(f"unknown radial unit {unit}")
         rad_name, rad_units, rad_label = UNITS[unit]
-        comp = {} if compression == "none" else {"compression": compression}
-        if compression == "gzip":
-            comp.update(compression_opts=4, shuffle=True)
+        comp = compression_options(compression)
         entry = _nx(handle.create_group("entry"), "NXentry")
         entry.attrs["default"] = "integrate_1d"
         self.handle, self.n = handle, n_frames

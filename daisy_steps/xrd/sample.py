@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
+from ..h5 import compression_options
 
 EIGER4M_SHAPE = (2167, 2070)
 PIXEL_UM = 75.0
@@ -117,14 +118,7 @@ class SampleXRDEiger(Step):
             counts.flat[hot] = min(top - 1, 60000)
             return counts
 
-        if p["compression"] == "bitshuffle_lz4":
-            import hdf5plugin
-
-            comp = dict(hdf5plugin.Bitshuffle(cname="lz4"))
-        elif p["compression"] == "gzip":
-            comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        else:
-            comp = {}
+        comp = compression_options(p["compression"])
         master = self.ctx.output("scan").path
         final = Path(self.ctx.final_output("scan").path)
         files = []
