@@ -220,6 +220,25 @@ configure_subids() {
     done
 }
 
+configure_fuse() {
+    # Ordinary users mount SIFs with squashfuse, which needs /dev/fuse read-write. Debian's udev
+    # makes it 0666; some VMs (this machine kind) ship it 0600, and then every non-root
+    # `apptainer exec` and `build --fakeroot` fails with "failed to open /dev/fuse".
+    [ -e /dev/fuse ] || return 0
+    local rule=/etc/udev/rules.d/60-daisy-fuse.rules
+    if [ ! -f "$rule" ]; then
+        mkdir -p "$(dirname "$rule")"
+        echo 'KERNEL=="fuse", MODE="0666"' > "$rule"
+        say "$rule: /dev/fuse mode 0666 at boot (for non-root squashfuse mounts)"
+    fi
+    local mode
+    mode=$(stat -c %a /dev/fuse)
+    if [ "$mode" != 666 ]; then
+        chmod 0666 /dev/fuse
+        say "/dev/fuse made 0666 (was $mode): ordinary users can run images"
+    fi
+}
+
 # --------------------------------------------------------------------------- main
 start=$(date +%s.%N)
 if apptainer_ok; then
@@ -238,4 +257,5 @@ install_host_packages
 register_singularity_name
 configure_capabilities
 configure_subids
+configure_fuse
 say "done in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.2f", e-s}') s"
