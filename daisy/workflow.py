@@ -106,6 +106,17 @@ def bind_paths(run: Run) -> str:
     return ",".join(binds)
 
 
+def _setup_errors() -> tuple[type[Exception], ...]:
+    from daisy_steps.errors import StepError
+
+    from .containers import ImageError
+
+    return (StepError, ImageError)
+
+
+SETUP_ERRORS = _setup_errors()
+
+
 def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
     """Called by the Snakefile: validate, plan, verify image digests, set container binds."""
     from . import containers

@@ -14,7 +14,10 @@ if not config:
 
 # Validates the config (defaults filled in), plans the jobs, checks every image's sha256
 # against containers/images.lock.json and sets the container binds: nothing runs otherwise.
-RUN = daisy_workflow.setup(config)
+try:
+    RUN = daisy_workflow.setup(config)
+except daisy_workflow.SETUP_ERRORS as exc:  # one clear line: the field, file or image at fault
+    raise WorkflowError(f"DAISY: {exc}") from None
 
 
 rule job_file:
