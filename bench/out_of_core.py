@@ -28,7 +28,6 @@ import os
 import shutil
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
@@ -87,7 +86,7 @@ def main() -> int:
     # negative control: a slab job of DAISY's default size under the same limit must fail
     control = None
     if not args.no_control:
-        from daisy.workflow import plan, run_job_in_image  # noqa: F401
+        from daisy.workflow import plan
 
         cfg0 = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "control"), "threads": args.threads,
                 "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
