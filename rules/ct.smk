@@ -10,14 +10,13 @@ rule ct_center:
     output:
         center=ct_plan.center_file(RUN),
         record=RUN.record_file("ct_center"),
-        previews=[ct_plan.sinogram_file(RUN)] if RUN.config["save"]["previews"] else [],
     log:
         RUN.log_file("ct_center"),
     container:
         RUN.image("tomopy")
-    threads: RUN.jobs["ct_center"].threads
+    threads: RUN.config["threads"]
     resources:
-        mem_mb=RUN.jobs["ct_center"].mem_mb,
+        mem_mb=lambda wildcards: RUN.jobs["ct_center"].mem_mb,
     shell:
         "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
 
@@ -26,10 +25,11 @@ rule ct_slab:
     input:
         job=RUN.path("jobs", "ct_slab_{slab}.json"),
         raw=RUN.inputs,
-        center=ct_plan.center_file(RUN),
+        center=[ct_plan.center_file(RUN)] if "ct_center" in RUN.jobs else [],
     output:
         slab=RUN.path("ct", "slabs", "slab_{slab}.h5"),
         record=RUN.path("records", "ct_slab_{slab}.json"),
+        previews=[ct_plan.sinogram_file(RUN, "{slab}")] if RUN.config["save"]["previews"] else [],
     log:
         RUN.path("logs", "ct_slab_{slab}.log"),
     container:

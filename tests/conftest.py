@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 etc., as any reader of DAISY volumes must)
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

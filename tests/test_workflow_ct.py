@@ -68,7 +68,7 @@ def test_ct_scenarios(ct_workdir, layout):
     with h5py.File(out / "ct" / "volume.h5") as handle:
         assert handle["/entry/data/data"].is_virtual            # gathered without copying
         assert handle["/entry/data"].attrs["NX_class"] == "NXdata"
-    for name in ("xy", "xz", "yz", "sinogram"):
+    for name in ("xy", "xz", "yz", "sinogram_slab_0000", "sinogram_slab_0001", "sinogram_slab_0002"):
         assert (out / "ct" / "previews" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "ct" / "volume.tif").exists() == (layout == "daisy")
     prov = json.loads((out / "provenance.json").read_text())

@@ -11,6 +11,8 @@ Each job is one process in one image; arrays pass in memory between its steps.
 
 from __future__ import annotations
 
+import os
+
 from daisy_steps.ct.layouts import resolve_paths
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
@@ -33,6 +35,26 @@ def raw_shape(cfg: dict) -> tuple[int, int, int]:
         return tuple(int(n) for n in dset.shape)
 
 
+def job_memory_mb(shape: tuple[int, int, int], rows: int) -> int:
+    """Peak memory of a job holding ``rows`` sinogram rows, calibrated on 1500 x 1024 x 1024
+    (bench/peak_memory.py): ~8 bytes per projection pixel (raw, float32 slab, normalize's copy)
+    plus the float32 volume slab, plus the interpreter and tomopy (~200 MiB)."""
+    frames, _, cols = shape
+    return int(200 + rows * (8 * frames * cols + 4 * cols * cols) / 2**20)
+
+
+def memory_budget_mb(threads: int) -> float:
+    """Default slab budget: 40 % of this machine's available memory, shared by the jobs that can
+    run at once. Slab sizes never change the result (chunked runs are bit-identical), so they
+    may follow the machine."""
+    try:
+        avail = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemAvailable:")) / 1024
+    except (OSError, StopIteration):
+        avail = 4096
+    parallel = max(1, (os.cpu_count() or 1) // max(1, threads))
+    return max(512.0, 0.4 * avail / parallel)
+
+
 def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]:
     frames, rows, cols = shape
     slabs = cfg["slabs"]
@@ -40,8 +62,9 @@ def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]
         return plan_slabs(0, rows, height=slabs["height"])
     if slabs["count"]:
         return plan_slabs(0, rows, count=slabs["count"])
-    per_row_mb = 4 * (frames * cols + cols * cols) / 2**20  # float32 projections + volume rows
-    height = max(2, int(slabs["max_memory_mb"] // max(per_row_mb, 1e-9)))
+    budget = slabs["max_memory_mb"] or memory_budget_mb(cfg["threads"])
+    per_row = (job_memory_mb(shape, 1000) - 200) / 1000
+    height = max(2, int((budget - 200) // max(per_row, 1e-9)))
     return plan_slabs(0, rows, height=height)
 
 
@@ -75,8 +98,10 @@ def preview_files(run: Run) -> dict[str, str]:
             for slot in ("preview_xy", "preview_xz", "preview_yz")}
 
 
-def sinogram_file(run: Run) -> str:
-    return run.path("ct", "previews", "sinogram.png")
+def sinogram_file(run: Run, index: int | str) -> str:
+    """PNG of the middle sinogram of slab ``index`` (each slab job writes its own)."""
+    index = f"{index:04d}" if isinstance(index, int) else index
+    return run.path("ct", "previews", f"sinogram_slab_{index}.png")
 
 
 def tiff_file(run: Run) -> str:
@@ -100,25 +125,29 @@ def plan(run: Run) -> None:
     run.inputs = [cfg["input"]["file"]]
     threads = cfg["threads"]
     save = cfg["save"]
+    manual = cfg["center"]["method"] == "manual"
+    if manual and cfg["center"]["center"] is None:
+        raise StepError("config field 'center.center' is required when 'center.method' is manual")
 
-    start, stop = center_rows(cfg, shape[1])
-    center_steps = [_load(cfg, start, stop), *_prepare(cfg),
-                    {"step": "ct.find_center", "params": cfg["center"], "outputs": {"center": center_file(run)}}]
-    if save["previews"]:
-        center_steps.append({"step": "ct.preview_sinogram", "params": {"row": (start + stop) // 2},
-                             "outputs": {"png": sinogram_file(run)}})
-    mem = lambda rows: int(64 + 4 * rows * (shape[0] * shape[2] * 2 + shape[2] ** 2) / 2**20)  # noqa: E731
-    run.jobs["ct_center"] = Job("ct_center", "tomopy", center_steps, threads, mem(stop - start))
+    if not manual:  # a manual centre needs no job: it goes straight into every slab's ct.recon
+        start, stop = center_rows(cfg, shape[1])
+        center_steps = [_load(cfg, start, stop), *_prepare(cfg),
+                        {"step": "ct.find_center", "params": cfg["center"], "outputs": {"center": center_file(run)}}]
+        run.jobs["ct_center"] = Job("ct_center", "tomopy", center_steps, threads, job_memory_mb(shape, stop - start))
 
-    recon = {**cfg["recon"], "center": None}
+    recon = {**cfg["recon"], "center": cfg["center"]["center"] if manual else None}
+    center_input = {} if manual else {"center": center_file(run)}
     slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
     bounds = slab_bounds(cfg, shape)
     for index, (r0, r1) in enumerate(bounds):
         name = f"ct_slab_{index:04d}"
-        steps = [_load(cfg, r0, r1), *_prepare(cfg),
-                 {"step": "ct.recon", "params": recon, "inputs": {"center": center_file(run)}},
-                 {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": slab_file(run, index)}}]
-        run.jobs[name] = Job(name, "tomopy", steps, threads, mem(r1 - r0))
+        steps = [_load(cfg, r0, r1), *_prepare(cfg)]
+        if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
+            steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
+                          "outputs": {"png": sinogram_file(run, index)}})
+        steps += [{"step": "ct.recon", "params": recon, "inputs": center_input},
+                  {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": slab_file(run, index)}}]
+        run.jobs[name] = Job(name, "tomopy", steps, threads, job_memory_mb(shape, r1 - r0))
 
     outputs = {"volume": volume_file(run)}
     if save["previews"]:
@@ -128,5 +157,5 @@ def plan(run: Run) -> None:
     gather = {"step": "ct.gather", "params": {},
               "inputs": {f"slab{i:04d}": slab_file(run, i) for i in range(len(bounds))}, "outputs": outputs}
     run.jobs["ct_gather"] = Job("ct_gather", "base", [gather], 1, 512)
-    run.targets = list(outputs.values()) + ([sinogram_file(run)] if save["previews"] else [])
+    run.targets = list(outputs.values()) + ([sinogram_file(run, i) for i in range(len(bounds))] if save["previews"] else [])
     run.slabs = bounds
