@@ -38,6 +38,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def set_thread_pools(threads: int) -> None:
+    """Give every library's thread pool the job's thread count.
+
+    Must run before the steps' libraries load: OpenMP (pyFAI, hdf5plugin's filters), numexpr
+    (tomopy's minus-log) and BLAS read these variables once, when first loaded. The images
+    default them to 1 and ``--cleanenv`` drops Snakemake's, so the job file decides.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -241,6 +255,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     log = logging.getLogger("daisy.job")
     code = check_code_pin(job)
     threads = min(int(job.get("threads") or usable_cores()), usable_cores())
+    set_thread_pools(threads)
     hash_limit = int(job.get("hash_limit", DEFAULT_HASH_LIMIT))
     prepared = []
     for index, entry in enumerate(job["steps"]):

@@ -611,7 +611,7 @@ def test_gather_in_base_image_and_move(ct_run, tmp_path):
     shutil.move(str(run), str(moved))
     with h5py.File(moved / "volume" / "volume.h5", "r") as handle:
         assert handle["/entry/data/data"][()].tobytes() == whole.tobytes()
-    check = ("import h5py,sys; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; "
+    check = ("import h5py,hdf5plugin,sys; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; "
              "print(d.shape, float(abs(d[()]).sum()))")
     proc = run_in(base_sif, job(name="read"), tmp_path,
                   argv=["python3", "-c", check, str(moved / "volume" / "volume.h5")])

@@ -8,7 +8,6 @@ process: the frames stream from the detector files through pyFAI and only the in
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,10 +129,7 @@ class Integrate(Step):
     libraries = PYFAI_LIBS
 
     def initialize(self) -> None:
-        # pyFAI's OpenMP runtime (libgomp, loaded with pyFAI and by nothing imported before it)
-        # reads OMP_NUM_THREADS once: the job's threads decide, also over the image's default of 1
-        if "pyFAI" not in sys.modules:
-            os.environ["OMP_NUM_THREADS"] = str(self.ctx.threads)
+        # OpenMP threads (pyFAI) are the job's: the runner sets them before any library loads
         from .geometry import build_integrator
 
         self.source = frame_source(self.store, self.name)
