@@ -39,7 +39,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--per-file", type=int, default=100)
     ap.add_argument("--binning", type=int, default=1, choices=[1, 2, 4, 8])
-    ap.add_argument("--frames-per-block", type=int, default=100)
+    ap.add_argument("--frames-per-block", type=int, default=None,
+                    help="frames per DAISY block job (default: the pipeline's default, as shipped)")
     ap.add_argument("--npt", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -62,7 +63,7 @@ def main() -> int:
            "input": {"file": str(master)},
            "integrate": {"geometry": {"poni": str(poni)}, "unit": "2th_deg", "npt": args.npt,
                          "method": ["full", "csr", "cython"], "integrate_2d": False},
-           "blocks": {"frames_per_block": args.frames_per_block},
+           "blocks": {"frames_per_block": args.frames_per_block} if args.frames_per_block else {},
            "save": {"xy": False, "previews": False, "compression": "none"}}
     config = work / "xrd.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
