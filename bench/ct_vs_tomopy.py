@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, bench_data_dir, daisy_python, loadavg, report, run
+from common import REPO, alternate, daisy_python, loadavg, report, run
 
 SIZES = {"full": (1500, 1024, 1024), "fixed": (900, 32, 512), "tiny": (60, 16, 64)}
 
@@ -124,8 +124,7 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    data_dir = (args.data_dir or bench_data_dir()).resolve()
-    raw = make_ct_data.make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=False)
+    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=False)
     center = make_ct_data.true_center(raw)
     tag = f"{args.size}-{args.compression}" + ("-sm" if args.snakemake_args else "")
     work = data_dir / f"work-ct-{tag}"

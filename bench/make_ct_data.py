@@ -136,6 +136,15 @@ def make(path: Path, angles: int = 1500, rows: int = 1024, cols: int = 1024, fla
     return path
 
 
+def for_size(size: tuple[int, int, int], data_dir: Path | None = None, quiet: bool = True) -> tuple[Path, Path]:
+    """The benchmark scan of ``(angles, rows, cols)`` in the data folder (made once): (raw file, folder)."""
+    from common import bench_data_dir
+
+    angles, rows, cols = size
+    data_dir = (data_dir or bench_data_dir()).resolve()
+    return make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=quiet), data_dir
+
+
 def true_center(path: Path) -> float:
     with h5py.File(path, "r") as handle:
         return float(handle["/truth"].attrs["center"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, alternate, bench_data_dir, daisy_python, loadavg, report, run, timed
+from common import REPO, alternate, daisy_python, loadavg, report, run, timed
 
 SIZES = {"fixed": (900, 32, 512), "tiny": (60, 16, 64)}
 
@@ -33,8 +33,7 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    data_dir = (args.data_dir or bench_data_dir()).resolve()
-    raw = make_ct_data.make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=True)
+    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
     work = data_dir / f"work-noop-{args.size}"
     work.mkdir(parents=True, exist_ok=True)
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "daisy-out"), "threads": 2,

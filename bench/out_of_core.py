@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, bench_data_dir, daisy_python, loadavg, report, run, timed
+from common import REPO, daisy_python, loadavg, report, run, timed
 from ct_vs_tomopy import SIZES, volumes_equal
 
 SHIM = """#!/bin/bash
@@ -63,8 +63,7 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    data_dir = (args.data_dir or bench_data_dir()).resolve()
-    raw = make_ct_data.make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=True)
+    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
     center = make_ct_data.true_center(raw)
     limit = args.limit_mib * 2**20
     raw_bytes = raw.stat().st_size

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import REPO, bench_data_dir, loadavg, report
+from common import REPO, loadavg, report
 from ct_vs_tomopy import SIZES
 
 
@@ -37,8 +37,7 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    data_dir = (args.data_dir or bench_data_dir()).resolve()
-    raw = make_ct_data.make(data_dir / f"ct-{angles}x{rows}x{cols}.h5", angles, rows, cols, quiet=True)
+    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
     center = make_ct_data.true_center(raw)
     work = data_dir / f"work-peak-{args.size}"
     shutil.rmtree(work, ignore_errors=True)
