@@ -56,8 +56,8 @@ def main() -> int:
     plan_s = timed(lambda: run([daisy_python(), "-c",
                                 "import sys; sys.path.insert(0, sys.argv[1]); from daisy import cli; "
                                 "from pathlib import Path; "
-                                "r = cli.workflow_plan = __import__('daisy.workflow', fromlist=['plan']).plan("
-                                "cli._read_config(Path(sys.argv[2]), 'ct')); "
+                                "r = __import__('daisy.workflow', fromlist=['plan']).plan("
+                                "cli._read_config(Path(sys.argv[2])), pipeline='ct'); "
                                 "[__import__('daisy.containers', fromlist=['x']).verify_image(n) for n in r.images()]",
                                 REPO, config], cwd=work))
     snakemake_s = timed(lambda: run([daisy_python(), "-m", "snakemake", "--version"]))

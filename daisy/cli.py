@@ -39,16 +39,14 @@ def snakemake_command(config: Path, profile: str, cores: int | None = None, dry_
 
 
 def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", cores: int | None = None,
-                 dry_run: bool = False, extra: list[str] | None = None, quiet: bool = False) -> int:
+                 dry_run: bool = False, extra: list[str] | None = None) -> int:
     """Validate ``config``, verify the images it needs, then run snakemake on it."""
     from . import containers, workflow
 
-    run = workflow.plan(_read_config(config, pipeline), source=str(config))
+    run = workflow.plan(_read_config(config), source=str(config), pipeline=pipeline)
     for name in run.images():
         containers.verify_image(name)
     cmd = snakemake_command(config, profile, cores, dry_run, extra)
-    if quiet:
-        cmd += ["--quiet", "rules"]
     print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
           flush=True)
     result = subprocess.run(cmd)
@@ -60,17 +58,14 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
     return 0
 
 
-def _read_config(path: Path, pipeline: str | None = None) -> dict:
+def _read_config(path: Path) -> dict:
+    """A config file, or the original design's init_dict/cfg_dict translated (not validated)."""
     from . import config as configs
     from . import importer
 
     if importer.looks_like_design_dicts(path):
         return importer.translate_file(path)
-    data = configs.read_config(path)
-    if pipeline and data.get("pipeline", pipeline) != pipeline:
-        raise DaisyError(f"{path}: field 'pipeline' is {data.get('pipeline')!r}, not {pipeline!r}")
-    data.setdefault("pipeline", pipeline)
-    return data
+    return configs.read_config(path)
 
 
 # -- subcommands --------------------------------------------------------------------------------

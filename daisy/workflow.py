@@ -84,9 +84,9 @@ def pipeline_module(name: str):
     return importlib.import_module(f"daisy.pipelines.{name}")
 
 
-def plan(config: dict[str, Any], source: str = "config") -> Run:
-    """Validate ``config`` and plan its jobs (no image check, no side effects)."""
-    cfg = configs.validate(config, source=source)
+def plan(config: dict[str, Any], source: str = "config", pipeline: str | None = None) -> Run:
+    """Validate ``config`` (for ``pipeline``, if given) and plan its jobs (no image check)."""
+    cfg = configs.validate(config, pipeline, source=source)
     run = Run(config=cfg, pipeline=cfg["pipeline"], outdir=Path(cfg["outdir"]), code_sha256=code_sha256())
     pipeline_module(run.pipeline).plan(run)
     return run

@@ -124,3 +124,10 @@ def test_snakemake_lint_is_clean(tmp_path):
                            str(REPO / ".test" / "copy" / "config.yaml"), "--lint", "--directory", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True)
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_run_refuses_a_config_of_another_pipeline(tmp_path):
+    """Also for the design's dictionaries: an XRD design file given to `daisy run ct`."""
+    res = daisy("run", "ct", "--config", str(REPO / ".test" / "xrd-import" / "design.py"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "field 'pipeline' is 'xrd' but the 'ct' pipeline was asked for" in res.stderr
