@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from daisy_steps.fileio import sha256_file as plain_sha256
+
 REPO = Path(__file__).resolve().parents[1]
 LOCK_PATH = REPO / "containers" / "images.lock.json"
 CONTAINERS_DIR = REPO / "containers"
@@ -209,11 +211,7 @@ def sha256_file(path) -> str:
     hit = cache.get(str(path))
     if hit and hit.get("stat") == _stat_key(st):
         return hit["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = plain_sha256(path)
     # drop entries of files that are gone, then record this one
     cache = {p: v for p, v in cache.items() if Path(p).exists()}
     cache[str(path)] = {"stat": _stat_key(path.stat()), "sha256": digest}
