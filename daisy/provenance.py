@@ -34,10 +34,13 @@ def _apptainer_version() -> str | None:
     return out.stdout.strip() or None
 
 
-def _file_info(path: Path) -> dict[str, Any]:
-    from .containers import sha256_file as cached_sha256  # cached by (path, size, mtime, ctime, inode)
+def _file_infos(paths) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of files, hashed in parallel and cached by (path, size, mtime, ctime, inode)."""
+    from .containers import sha256_files
 
-    return {"size": path.stat().st_size, "sha256": cached_sha256(path)}
+    paths = [Path(p) for p in paths]
+    digests = sha256_files(paths)
+    return {str(p): {"size": p.stat().st_size, "sha256": digests[str(p.resolve())]} for p in paths}
 
 
 def collect(run) -> dict[str, Any]:
@@ -54,7 +57,10 @@ def collect(run) -> dict[str, Any]:
     for target in map(Path, run.targets):
         files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
         for path in files:
-            outputs[str(path)] = outputs.get(str(path)) or _file_info(path)
+            outputs.setdefault(str(path), {})
+    # jobs leave files over their hash limit (CT slabs) to this one parallel pass
+    unhashed = [p for p, info in outputs.items() if not info.get("sha256")]
+    outputs.update(_file_infos(unhashed))
     results = {f"{name}/{step['step']}": step["results"]
                for name, record in records.items() for step in record["steps"] if step.get("results")}
     images = {name: {k: lock.get(name, {}).get(k) for k in
@@ -71,7 +77,7 @@ def collect(run) -> dict[str, Any]:
         "images": images,
         "software": {"daisy": __version__, "snakemake": metadata.version("snakemake"),
                      "apptainer": _apptainer_version(), "python": platform.python_version()},
-        "inputs": {p: _file_info(Path(p)) for p in sorted(set(run.inputs))},
+        "inputs": _file_infos(sorted(set(run.inputs))),
         "outputs": dict(sorted(outputs.items())),
         "results": results,
         "jobs": records,

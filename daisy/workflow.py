@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,20 @@ def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
     os.environ["DAISY_USER_BIND"] = previous
     os.environ["APPTAINER_BIND"] = ",".join(b for b in (previous, binds) if b)
     return run
+
+
+def release_scheduler_timers() -> int:
+    """Cancel Snakemake's pending scheduler timers, so that the process exits at once.
+
+    After every scheduling pass Snakemake (9.x) arms a non-daemon ``threading.Timer`` of the
+    ``--max-jobs-per-timespan`` timespan (1 s by default; the option cannot go below 1 s, and
+    ``100/100ms`` parses as 100 *minutes*) and Python waits for it at exit: up to 1 s added to
+    every run. Called from the Snakefile's ``onsuccess``/``onerror``, when scheduling is over.
+    """
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    for timer in timers:
+        timer.cancel()
+    return len(timers)
 
 
 def write_job(path: str, document: dict[str, Any]) -> None:

@@ -204,6 +204,8 @@ def library_versions(names) -> dict[str, str]:
 
 
 def _describe(path: Path, hash_limit: int) -> dict[str, Any]:
+    """Size and sha256 of a job's input or output; files over ``hash_limit`` are left to the
+    run's provenance, which hashes them once, in parallel, with a cache."""
     info: dict[str, Any] = {"size": path.stat().st_size}
     info["sha256"] = sha256_file(path) if info["size"] <= hash_limit else None
     if info["sha256"] is None:
@@ -297,7 +299,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         raise
     input_paths = {FileRef.parse(v).path for s in job["steps"] for v in s.get("inputs", {}).values()}
     record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(input_paths) if p.is_file()}
-    record["outputs"] = {str(p): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in finals}
+    record["outputs"] = {str(p): _describe(p, hash_limit) for p in finals}
     record["libraries"] = libraries
     record["ended"] = now()
     if job.get("record"):

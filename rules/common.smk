@@ -45,3 +45,12 @@ rule provenance:
         from daisy import provenance
 
         provenance.write(RUN, output[0])
+
+
+# Snakemake keeps a 1 s scheduler timer alive after the last job; let the run end when it ends.
+onsuccess:
+    daisy_workflow.release_scheduler_timers()
+
+
+onerror:
+    daisy_workflow.release_scheduler_timers()

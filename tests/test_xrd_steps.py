@@ -175,6 +175,46 @@ def test_load_frames_streams_in_batches(data):
     assert ctx.extra["files"][1:] == [str(master.parent / f"scan_00001_data_00000{i}.h5") for i in (1, 2, 3)]
 
 
+def test_frames_are_read_ahead_in_order_across_data_files(data):
+    import threading
+
+    from daisy_steps.xrd.frames import open_source
+    from daisy_steps.fileio import FileRef
+
+    master = data / "raw/scan_00001_master.h5"
+    source = open_source(FileRef.parse(str(master)), start=2, stop=11, batch=2)
+    with h5py.File(master) as handle:
+        direct = np.concatenate([handle[f"/entry/data/data_00000{i}"][()] for i in (1, 2, 3)])
+    seen = [(index, frame.copy()) for index, frame in source.frames()]
+    assert [i for i, _ in seen] == list(range(2, 11))
+    assert all(np.array_equal(frame, direct[i]) for i, frame in seen)
+    # stopping early ends the reader thread (and closes the files) instead of leaving it blocked
+    frames = source.frames()
+    next(frames)
+    frames.close()
+    assert not any(t.name == "daisy-read-ahead" for t in threading.enumerate())
+
+
+def test_an_unreadable_frame_is_an_error_naming_the_file_and_frame(data, tmp_path):
+    from daisy_steps.xrd.frames import open_source
+    from daisy_steps.fileio import FileRef
+
+    raw = tmp_path / "raw"
+    shutil.copytree(data / "raw", raw)
+    data_file = raw / "scan_00001_data_000002.h5"
+    with h5py.File(data_file) as handle:  # where frame 5 (the second file's second frame) lies
+        offset, size = handle["/entry/data/data"].id.get_chunk_info(1).byte_offset, 64
+    with open(data_file, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * size)
+    source = open_source(FileRef.parse(str(raw / "scan_00001_master.h5")), batch=3)
+    indices = []
+    with pytest.raises(StepError, match=r"scan_00001_master\.h5: cannot read frame \d+"):
+        for index, _ in source.frames():
+            indices.append(index)
+    assert indices and indices == list(range(len(indices))) and len(indices) < N_FRAMES
+
+
 def test_fabio_and_stack_sources_agree_with_the_master(data, tmp_path):
     import fabio
 
