@@ -11,6 +11,7 @@ Each job is one process in one image; arrays pass in memory between its steps.
 
 from __future__ import annotations
 
+import math
 import os
 
 from daisy_steps.ct.layouts import resolve_paths
@@ -65,7 +66,8 @@ def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]
     budget = slabs["max_memory_mb"] or memory_budget_mb(cfg["threads"])
     per_row = (job_memory_mb(shape, 1000) - 200) / 1000
     height = max(2, int((budget - 200) // max(per_row, 1e-9)))
-    return plan_slabs(0, rows, height=height)
+    # as few slabs as the budget allows, of equal height: jobs take equally long and memory
+    return plan_slabs(0, rows, count=math.ceil(rows / height))
 
 
 def _load(cfg: dict, start: int, stop: int) -> dict:
