@@ -655,8 +655,10 @@ def loop_devices_shared() -> bool:
 
 
 def hold_images(names: Iterable[str]) -> ImageHolders:
-    """Start :class:`ImageHolders` for the locked images ``names`` (none if loop devices are not shared)."""
-    if not loop_devices_shared():
+    """Start :class:`ImageHolders` for the locked images ``names``: only as root (others mount SIFs
+    with squashfuse, one FUSE process per container, which no holder can share) and only where
+    apptainer.conf shares loop devices."""
+    if os.geteuid() != 0 or not loop_devices_shared():
         return ImageHolders([])
     return ImageHolders(image_path(name) for name in names)
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -400,3 +401,59 @@ def test_inspect_redacts_mirror_label(fake_repo, fake_tools, capsys):
     assert _cli("containers", "inspect", "demo") == 0
     out = capsys.readouterr().out
     assert "mirror.invalid" not in out and "redacted" in out
+
+
+def _loops(sif: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-j", str(sif)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.apptainer
+def test_image_holder_keeps_one_shared_mount_and_stops():
+    """While held, containers of the image share the holder's loop device (warm page cache);
+    released, the holder is gone and the image detached."""
+    sif = C.image_path("base")
+    if os.geteuid() != 0 or not C.loop_devices_shared() or shutil.which("losetup") is None:
+        pytest.skip("holders need root and 'shared loop devices = yes' (scripts/install-apptainer.sh)")
+    assert _loops(sif) == []
+    holders = C.hold_images(["base"])
+    try:
+        assert len(holders.processes) == 1
+        for _ in range(100):
+            if _loops(sif):
+                break
+            time.sleep(0.05)
+        assert len(_loops(sif)) == 1
+        job = subprocess.Popen(C.exec_argv("base", ["sleep", "1"]))
+        time.sleep(0.5)
+        assert len(_loops(sif)) == 1  # the job shares the holder's loop device
+        assert job.wait(timeout=30) == 0
+    finally:
+        holders.release()
+    assert all(p.poll() is not None for p in holders.processes or []) and holders.processes == []
+    for _ in range(100):
+        if not _loops(sif):
+            break
+        time.sleep(0.05)
+    assert _loops(sif) == []
+
+
+def test_finish_run_cancels_snakemake_timers_and_releases_holders():
+    import threading
+
+    from daisy import workflow
+
+    fired = []
+    timer = threading.Timer(30, lambda: fired.append(True))
+    timer.start()
+
+    class Holder:
+        released = False
+
+        def release(self):
+            Holder.released = True
+
+    workflow._holders.append(Holder())
+    workflow.finish_run()
+    timer.join(timeout=5)
+    assert not timer.is_alive() and fired == [] and Holder.released and workflow._holders == []

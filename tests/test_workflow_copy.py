@@ -12,7 +12,7 @@ import pytest
 from daisy_steps.fileio import sha256_file
 
 from .conftest import require_image
-from .workflow_helpers import REPO, daisy, snakemake
+from .workflow_helpers import REPO, daisy, holder_processes, snakemake
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
 
@@ -54,6 +54,7 @@ def test_daisy_run_and_validate(workdir):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "provenance" in res.stdout
     assert (workdir / "results" / "copy" / "provenance.json").is_file()
+    assert holder_processes() == []  # the images held during the run are released at its end
 
 
 def test_corrupted_image_refuses_the_run(workdir, tmp_path_factory):

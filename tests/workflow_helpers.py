@@ -26,3 +26,18 @@ def daisy(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
     """The ``daisy`` command line, as a subprocess."""
     return subprocess.run([sys.executable, "-m", "daisy", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
+
+
+def holder_processes() -> list[str]:
+    """Command lines of running image holders (``apptainer exec ... IMAGE sleep infinity``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[-3:] == [b"sleep", b"infinity", b""] and any(a.endswith(b".sif") for a in argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
