@@ -66,7 +66,7 @@ def main() -> int:
         a, b, c, cold = [], [], [], []
         for _ in range(args.repeats):
             clock(inside, cold)
-        holders = containers.hold_images([name])
+        holders = containers.hold_images({name: modules})
         if not holders.processes:
             print(f"  {name}: no holder (apptainer.conf lacks 'shared loop devices = yes'): warm = cold")
         time.sleep(1.0)  # let the holder mount the image

@@ -49,13 +49,26 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
     args = snakemake_args(config, profile, cores, dry_run, extra)
     print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
           flush=True)
-    code = run_snakemake(args)
+    if not dry_run and _runs_jobs_here(profile):
+        workflow.hold_images(run)  # warm while Snakemake starts; released when the run ends
+    try:
+        code = run_snakemake(args)
+    finally:
+        workflow.finish_run()
     if code:
         raise DaisyError(f"the {pipeline} pipeline failed (snakemake exit {code}); "
                          f"see the job logs under {run.outdir / 'logs'}")
     if not dry_run:
         print(f"daisy: outputs in {run.outdir}; provenance: {run.outdir / 'provenance.json'}")
     return 0
+
+
+def _runs_jobs_here(profile: str) -> bool:
+    """Whether the profile runs jobs on this machine (no cluster executor)."""
+    import yaml
+
+    settings = yaml.safe_load((PROFILES / profile / "config.yaml").read_text()) or {}
+    return settings.get("executor", "local") in ("local", "dryrun")
 
 
 def run_snakemake(args: list[str]) -> int:

@@ -136,14 +136,31 @@ def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
 _holders: list = []
 
 
-def start_run(run: Run, workflow) -> None:
-    """Snakefile ``onstart``: keep the run's images mounted (containers.ImageHolders) when this
-    process runs the jobs itself in Apptainer (not for a cluster executor, not in job processes)."""
+def hold_images(run: Run) -> None:
+    """Keep the run's images mounted and warm while it lasts (containers.ImageHolders), each
+    warmed with the libraries its steps import; stopped by :func:`finish_run`."""
+    from daisy_steps.core import step_class
+
     from . import containers
 
+    if _holders:
+        return
+    modules: dict[str, set[str]] = {name: set() for name in run.images()}
+    for job in run.jobs.values():
+        for entry in job.steps:
+            try:
+                modules[job.image].update(step_class(entry["step"]).libraries)
+            except Exception:  # a warm-up list is an optimisation: never fail a run for it
+                pass
+    _holders.append(containers.hold_images({name: sorted(mods) for name, mods in modules.items()}))
+
+
+def start_run(run: Run, workflow) -> None:
+    """Snakefile ``onstart``: hold the run's images (unless ``daisy run`` did already) when this
+    process runs the jobs itself in Apptainer (not for a cluster executor, not in job processes)."""
     methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
     if workflow.local_exec and workflow.is_main_process and "apptainer" in methods:
-        _holders.append(containers.hold_images(run.images()))
+        hold_images(run)
 
 
 def finish_run() -> None:

@@ -416,7 +416,7 @@ def test_image_holder_keeps_one_shared_mount_and_stops():
     if os.geteuid() != 0 or not C.loop_devices_shared() or shutil.which("losetup") is None:
         pytest.skip("holders need root and 'shared loop devices = yes' (scripts/install-apptainer.sh)")
     assert _loops(sif) == []
-    holders = C.hold_images(["base"])
+    holders = C.hold_images({"base": ["numpy"]})
     try:
         assert len(holders.processes) == 1
         for _ in range(100):
