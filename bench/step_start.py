@@ -7,6 +7,13 @@ devices and one holder container per image), so every job but the first starts o
 that is the figure reported against the target ("warm"). The same exec without a holder ("cold",
 what the first job of a run and any bare ``apptainer exec`` pays) is printed and recorded beside.
 
+The host venv has no tomopy, and its pyFAI and Python differ from the images'. So a second
+baseline runs the *image's own files* natively: the SIF unpacked once on the host disk
+(``apptainer build --sandbox``, kept under the bench data folder per digest, with the current
+``daisy_steps`` copied in) and the same command run there with ``chroot``, no container runtime:
+same interpreter, same libraries, host page cache. ``step_start_<image>_native`` rows report that
+difference, which is the container's own cost, for every image (root only; ``--no-native`` skips).
+
 The host venv has no tomopy or pyFAI: the host command imports the subset of the modules that the
 host has (named in the output). For the tomopy and pyfai images the difference then also holds
 those libraries' own import time, so it is an upper bound of the container's cost; the image
@@ -21,11 +28,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
-from common import REPO, loadavg, report
+from common import REPO, bench_data_dir, loadavg, report
 
 IMPORTS = {
     "base": ["daisy_steps.core", "numpy", "h5py", "hdf5plugin"],
@@ -41,11 +50,38 @@ def on_host(module: str) -> bool:
         return False
 
 
+def native_tree(name: str) -> Path:
+    """The image's files unpacked on the host disk (once per digest), with today's daisy_steps."""
+    from daisy import containers
+
+    sif = containers.image_path(name)
+    tree = bench_data_dir() / "native" / sif.stem
+    if not (tree / ".daisy-complete").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([containers.APPTAINER, "build", "--sandbox", str(tree), str(sif)], check=True,
+                       capture_output=True)
+        (tree / ".daisy-complete").touch()
+    for part in ("daisy_steps", "schemas"):
+        target = tree / "opt" / "daisy" / part
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(REPO / part, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return tree
+
+
+def native_argv(tree: Path, statement: str) -> list[str]:
+    """``python3 -c STATEMENT`` run natively in ``tree`` (chroot), with the image's environment."""
+    script = '. /.singularity.d/env/90-environment.sh; exec python3 -c "$0"'
+    return ["chroot", str(tree), "/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin",
+            "/bin/sh", "-c", script, statement]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--images", nargs="+", default=["base", "pyfai", "tomopy"])
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-native", action="store_true", help="skip the native (chroot) baseline")
     args = parser.parse_args()
     from daisy import containers
 
@@ -63,7 +99,10 @@ def main() -> int:
         host = [str(REPO / ".venv" / "bin" / "python"), "-c", "import " + ", ".join(host_modules)]
         bare = containers.exec_argv(name, ["true"])
         containers.verify_image(name)
-        a, b, c, cold = [], [], [], []
+        native = None
+        if not args.no_native and os.geteuid() == 0 and shutil.which("chroot"):
+            native = native_argv(native_tree(name), "import " + ", ".join(modules))
+        a, b, c, cold, d = [], [], [], [], []
         for _ in range(args.repeats):
             clock(inside, cold)
         holders = containers.hold_images({name: modules})
@@ -75,6 +114,8 @@ def main() -> int:
                 clock(inside, a)
                 clock(host, b)
                 clock(bare, c)
+                if native:
+                    clock(native, d)
         finally:
             holders.release()
         diff = statistics.median(a) - statistics.median(b)
@@ -89,6 +130,14 @@ def main() -> int:
                       "bare_exec_median": statistics.median(c), "cold_runs": cold,
                       "cold_median": statistics.median(cold), "held": bool(holders.processes)},
                record=not args.no_record)
+        if native:
+            diff = statistics.median(a) - statistics.median(d)
+            print(f"  {name}: container {statistics.median(a):.3f} s warm, the image's own files run natively "
+                  f"(chroot) {statistics.median(d):.3f} s")
+            report(f"step_start_{name}_native", f"median of {args.repeats}, warm, vs the image's files natively", a, d,
+                   mode="difference", target="<= 0.1 s", met=diff <= 0.1,
+                   extra={"modules": modules, "native_runs": d, "cold_median": statistics.median(cold)},
+                   record=not args.no_record)
     return 0
 
 
