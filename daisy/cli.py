@@ -50,7 +50,7 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
     print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
           flush=True)
     if not dry_run and _runs_jobs_here(profile):
-        workflow.hold_images(run)  # warm while Snakemake starts; released when the run ends
+        workflow.hold_run_images(run)  # warm while Snakemake starts; released when the run ends
     try:
         code = run_snakemake(args)
     finally:

@@ -618,14 +618,15 @@ class ImageHolders:
                "    except Exception:\n"
                "        pass\n")
 
+    #: python3 imports (the warm-up), then sleep holds the mount without python's memory
+    HOLD = 'python3 -c "$0" "$@" >/dev/null 2>&1; exec sleep infinity'
+
     def __init__(self, images: dict[Path, Sequence[str]]) -> None:
         self.processes: list[subprocess.Popen] = []
         for sif, modules in images.items():
-            # sh: python3 imports (warm-up), then sleep holds the mount without python's memory
-            script = 'python3 -c "$0" "$@" >/dev/null 2>&1; exec sleep infinity'
             try:
                 self.processes.append(subprocess.Popen(
-                    [APPTAINER, "exec", "--containall", str(sif), "sh", "-c", script, self.WARM_UP, *modules],
+                    [APPTAINER, "exec", "--containall", str(sif), "sh", "-c", self.HOLD, self.WARM_UP, *modules],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     preexec_fn=_die_with_parent))
             except OSError:

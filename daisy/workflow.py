@@ -136,7 +136,7 @@ def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
 _holders: list = []
 
 
-def hold_images(run: Run) -> None:
+def hold_run_images(run: Run) -> None:
     """Keep the run's images mounted and warm while it lasts (containers.ImageHolders), each
     warmed with the libraries its steps import; stopped by :func:`finish_run`."""
     from daisy_steps.core import step_class
@@ -160,7 +160,7 @@ def start_run(run: Run, workflow) -> None:
     process runs the jobs itself in Apptainer (not for a cluster executor, not in job processes)."""
     methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
     if workflow.local_exec and workflow.is_main_process and "apptainer" in methods:
-        hold_images(run)
+        hold_run_images(run)
 
 
 def finish_run() -> None:
