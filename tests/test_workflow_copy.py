@@ -44,6 +44,7 @@ def test_plain_snakemake_runs_copy_in_image(workdir):
     # a second run has nothing to do
     again = snakemake(workdir, REPO / ".test" / "copy" / "config.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+    assert holder_processes() == []  # plain snakemake holds the images in onstart, releases them at the end
 
 
 def test_daisy_run_and_validate(workdir):
