@@ -104,7 +104,11 @@ install_apptainer_trixie() {
     local deb
     deb=$(download apptainer/sid)
     say "installing $(basename "$deb") with apt-get (all dependencies from the host's release)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$deb" >/dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$deb" >/dev/null; then
+        # sid moved past this release (e.g. a newer glibc): the Debian 12 way works here too
+        say "apt-get cannot install $(basename "$deb") on $CODENAME: unpacking it with a private glibc instead"
+        install_apptainer_private_glibc
+    fi
 }
 
 install_apptainer_private_glibc() {
