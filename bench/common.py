@@ -104,6 +104,20 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
     return result
 
 
+def json_runner(cmd, before=None):
+    """A B side for :func:`alternate`: ``(run_once, results)``; each run calls ``before()``, runs
+    ``cmd`` and appends the JSON object its last stdout line prints (the direct scripts' timing)."""
+    results: list = []
+
+    def run_once():
+        if before is not None:
+            before()
+        proc = run(cmd)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    return run_once, results
+
+
 def daisy_python() -> str:
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv if venv.exists() else sys.executable)

@@ -32,9 +32,9 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, daisy_python, loadavg, report, run
+from common import REPO, alternate, daisy_python, json_runner, loadavg, report, run
+from make_ct_data import SIZES
 
-SIZES = {"full": (1500, 1024, 1024), "fixed": (900, 32, 512), "tiny": (60, 16, 64)}
 
 
 def parse_time(text: str) -> float:
@@ -124,11 +124,8 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=False)
-    center = make_ct_data.true_center(raw)
     tag = f"{args.size}-{args.compression}" + ("-sm" if args.snakemake_args else "")
-    work = data_dir / f"work-ct-{tag}"
-    work.mkdir(parents=True, exist_ok=True)
+    raw, center, work = make_ct_data.bench_scan(args.size, f"ct-{tag}", args.data_dir, quiet=False)
     outdir = work / "daisy-out"
     direct_dir = work / "direct"
     direct_dir.mkdir(exist_ok=True)
@@ -160,12 +157,7 @@ def main() -> int:
         "tomopy", ["python3", REPO / "bench" / "maxrss.py", rss_file, script, raw, direct_out,
                    "--center", repr(center), "--threads", args.threads],
         binds_ro=[REPO / "bench", raw.parent], binds_rw=[direct_dir])
-    direct_phases = []
-
-    def direct_run():
-        direct_out.unlink(missing_ok=True)
-        proc = run(direct_cmd)
-        direct_phases.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    direct_run, direct_phases = json_runner(direct_cmd, before=lambda: direct_out.unlink(missing_ok=True))
 
     load_before = loadavg()
     print(f"CT {tag}: {raw.name} ({raw.stat().st_size / 2**30:.2f} GiB), centre {center}, {args.threads} threads "

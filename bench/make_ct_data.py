@@ -136,6 +136,24 @@ def make(path: Path, angles: int = 1500, rows: int = 1024, cols: int = 1024, fla
     return path
 
 
+#: The benchmark scans by name: (angles, rows, cols).
+SIZES = {"full": (1500, 1024, 1024), "fixed": (900, 32, 512), "tiny": (60, 16, 64)}
+
+
+def bench_scan(size: str, work_name: str, data_dir: Path | None = None, quiet: bool = True,
+               fresh: bool = False) -> tuple[Path, float, Path]:
+    """The scan of benchmark size ``size`` (made once), its true rotation centre, and the
+    benchmark's work folder ``<data>/work-<work_name>`` (emptied first when ``fresh``)."""
+    import shutil
+
+    raw, data = for_size(SIZES[size], data_dir, quiet=quiet)
+    work = data / f"work-{work_name}"
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return raw, true_center(raw), work
+
+
 def for_size(size: tuple[int, int, int], data_dir: Path | None = None, quiet: bool = True) -> tuple[Path, Path]:
     """The benchmark scan of ``(angles, rows, cols)`` in the data folder (made once): (raw file, folder)."""
     from common import bench_data_dir

@@ -20,25 +20,22 @@ import yaml
 
 from common import REPO, alternate, daisy_python, loadavg, report, run, timed
 
-SIZES = {"fixed": (900, 32, 512), "tiny": (60, 16, 64)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="fixed")
+    ap.add_argument("--size", choices=["fixed", "tiny"], default="fixed")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     import make_ct_data
 
-    angles, rows, cols = SIZES[args.size]
-    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
-    work = data_dir / f"work-noop-{args.size}"
-    work.mkdir(parents=True, exist_ok=True)
+    angles, rows, cols = make_ct_data.SIZES[args.size]
+    raw, center, work = make_ct_data.bench_scan(args.size, f"noop-{args.size}", args.data_dir)
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "daisy-out"), "threads": 2,
            "input": {"file": str(raw), "layout": "dxchange"},
-           "center": {"method": "manual", "center": make_ct_data.true_center(raw)}}
+           "center": {"method": "manual", "center": center}}
     config = work / "ct.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     daisy = [daisy_python(), "-m", "daisy"]

@@ -33,7 +33,8 @@ from pathlib import Path
 import yaml
 
 from common import REPO, daisy_python, loadavg, report, run, timed
-from ct_vs_tomopy import SIZES, volumes_equal
+from ct_vs_tomopy import volumes_equal
+from make_ct_data import SIZES
 
 SHIM = """#!/bin/bash
 # apptainer shim (bench/out_of_core.py): run the container's command under prlimit --as
@@ -63,13 +64,10 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
-    center = make_ct_data.true_center(raw)
+    raw, center, work = make_ct_data.bench_scan(args.size, f"ooc-{args.size}", args.data_dir)
     limit = args.limit_mib * 2**20
     raw_bytes = raw.stat().st_size
-    work = data_dir / f"work-ooc-{args.size}"
     shutil.rmtree(work / "daisy-out", ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
     shim_dir = work / "shim"
     shim_dir.mkdir(exist_ok=True)
     shim = shim_dir / "apptainer"
@@ -120,7 +118,7 @@ def main() -> int:
     print(f"  DAISY under the limit: {a:.1f} s, {len(limited)} container calls limited (log {log})", flush=True)
 
     # the in-memory reference: the direct script in one process (reused from ct_vs_tomopy when present)
-    ref = data_dir / f"work-ct-{args.size}-none" / "direct" / "volume.h5"
+    ref = work.parent / f"work-ct-{args.size}-none" / "direct" / "volume.h5"
     b = None
     ref_json = REPO / "bench" / "results" / ("ct_ratio.json" if args.size == "full" else "")
     if not ref.exists():

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from common import REPO, loadavg, report
-from ct_vs_tomopy import SIZES
+from make_ct_data import SIZES
 
 
 def main() -> int:
@@ -37,11 +37,7 @@ def main() -> int:
     import make_ct_data
 
     angles, rows, cols = SIZES[args.size]
-    raw, data_dir = make_ct_data.for_size(SIZES[args.size], args.data_dir, quiet=True)
-    center = make_ct_data.true_center(raw)
-    work = data_dir / f"work-peak-{args.size}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    raw, center, work = make_ct_data.bench_scan(args.size, f"peak-{args.size}", args.data_dir, fresh=True)
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": str(work), "threads": args.threads,
            "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
            "save": {"previews": False, "compression": "none"}}

@@ -20,7 +20,6 @@ sides). After the runs the patterns of both are compared.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -30,7 +29,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, bench_data_dir, daisy_python, loadavg, report, run
+from common import REPO, alternate, bench_data_dir, daisy_python, json_runner, loadavg, report, run
 from ct_vs_tomopy import breakdown
 
 
@@ -82,12 +81,7 @@ def main() -> int:
         "pyfai", ["python3", REPO / "bench" / "direct_pyfai.py", master, "--poni", poni, "--npt", args.npt,
                   "--unit", "2th_deg", "--method", "full,csr,cython", "--out", npz],
         binds_ro=[REPO / "bench", master.parent], binds_rw=[direct_dir], env={"OMP_NUM_THREADS": args.threads})
-    timings = []
-
-    def direct_run():
-        npz.unlink(missing_ok=True)
-        proc = run(direct_cmd)
-        timings.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    direct_run, timings = json_runner(direct_cmd, before=lambda: npz.unlink(missing_ok=True))
 
     load_before = loadavg()
     print(f"XRD {tag}: {args.frames} frames (binning {args.binning}), npt {args.npt}, {args.threads} OpenMP threads "
