@@ -104,6 +104,23 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
     return result
 
 
+def daisy_runner(pipeline: str, config: Path, outdir: Path, cores: int, cwd: Path, snakemake_args: str = ""):
+    """The A side for :func:`alternate`: ``(run_once, stamps)``; each run empties ``outdir`` (a
+    first run, not a rerun) and times ``daisy run PIPELINE`` into ``stamps["start"]``/``["end"]``."""
+    import shutil
+
+    stamps: dict[str, float] = {}
+    extra = ["--", *snakemake_args.split()] if snakemake_args else []
+
+    def run_once():
+        shutil.rmtree(outdir, ignore_errors=True)
+        stamps["start"] = time.time()
+        run([daisy_python(), "-m", "daisy", "run", pipeline, "--config", config, "--cores", cores, *extra], cwd=cwd)
+        stamps["end"] = time.time()
+
+    return run_once, stamps
+
+
 def json_runner(cmd, before=None):
     """A B side for :func:`alternate`: ``(run_once, results)``; each run calls ``before()``, runs
     ``cmd`` and appends the JSON object its last stdout line prints (the direct scripts' timing)."""

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, daisy_python, json_runner, loadavg, report, run
+from common import REPO, alternate, daisy_runner, json_runner, loadavg, report
 from make_ct_data import SIZES
 
 
@@ -141,14 +139,7 @@ def main() -> int:
     for name in ("tomopy", "base"):
         containers.verify_image(name)
 
-    stamps = {}
-
-    def daisy_run():
-        shutil.rmtree(outdir, ignore_errors=True)
-        stamps["start"] = time.time()
-        run([daisy_python(), "-m", "daisy", "run", "ct", "--config", config, "--cores", args.threads,
-             *(["--", *args.snakemake_args.split()] if args.snakemake_args else [])], cwd=work)
-        stamps["end"] = time.time()
+    daisy_run, stamps = daisy_runner("ct", config, outdir, args.threads, work, args.snakemake_args)
 
     script = REPO / "bench" / ("direct_tomopy_gzip.py" if gzip else "direct_tomopy.py")
     direct_out = direct_dir / "volume.h5"

@@ -20,16 +20,14 @@ sides). After the runs the patterns of both are compared.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, bench_data_dir, daisy_python, json_runner, loadavg, report, run
+from common import REPO, alternate, bench_data_dir, daisy_runner, json_runner, loadavg, report
 from ct_vs_tomopy import breakdown
 
 
@@ -67,14 +65,7 @@ def main() -> int:
     config = work / "xrd.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     containers.verify_image("pyfai")
-    stamps = {}
-
-    def daisy_run():
-        shutil.rmtree(outdir, ignore_errors=True)
-        stamps["start"] = time.time()
-        run([daisy_python(), "-m", "daisy", "run", "xrd", "--config", config, "--cores", args.threads,
-             *(["--", *args.snakemake_args.split()] if args.snakemake_args else [])], cwd=work)
-        stamps["end"] = time.time()
+    daisy_run, stamps = daisy_runner("xrd", config, outdir, args.threads, work, args.snakemake_args)
 
     npz = direct_dir / "patterns.npz"
     direct_cmd = containers.exec_argv(
