@@ -247,6 +247,21 @@ def test_sha256_file_stat_cache(fake_repo, tmp_path):
     assert C.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
+def test_sha256_files_hashes_misses_in_parallel_and_caches_all(fake_repo, tmp_path):
+    files = []
+    for i in range(5):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(bytes([i]) * (1000 + i))
+        files.append(f)
+    C.sha256_file(files[0])                             # one already cached
+    digests = C.sha256_files(files, workers=3)
+    assert digests == {str(f.resolve()): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    cache = json.loads((C.cache_dir() / "sha256-cache.json").read_text())
+    assert all(cache[str(f)]["sha256"] == digests[str(f)] for f in files)  # one write kept every entry
+    with mock.patch("builtins.open", side_effect=AssertionError("re-read")):
+        assert C.sha256_files(files) == digests
+
+
 def test_exec_argv(fake_repo, fake_tools, tmp_path):
     C.build(["demo"], log=lambda m: None)
     inp, out = tmp_path / "in", tmp_path / "out"

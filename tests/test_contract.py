@@ -73,6 +73,16 @@ def _job(raw, out, **extra):
     return job
 
 
+def test_files_over_the_hash_limit_are_left_to_the_provenance(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    run_job(_job(raw, out, hash_limit=100))
+    saved = json.loads((tmp_path / "out" / "record.json").read_text())
+    for entry in (saved["outputs"][str(out)], saved["inputs"][str(raw)]):
+        assert entry["sha256"] is None and "hashed once in the run's provenance" in entry["note"]
+        assert entry["size"] > 100
+
+
 def test_chain_runs_in_memory_and_records(tmp_path):
     raw = _raw(tmp_path)
     before = sha256_file(raw)
@@ -140,3 +150,22 @@ def test_single_step_job_file_and_cli_exit_code(tmp_path, repo):
 def test_unknown_step_is_named(tmp_path):
     with pytest.raises(StepError, match="unknown step 'ct.nope'"):
         run_job({"job": "x", "steps": [{"step": "ct.nope"}]})
+
+
+def test_provenance_hashes_what_the_jobs_left_unhashed(tmp_path, monkeypatch):
+    """The run's provenance fills in the sha256 of outputs a job left to it (over its hash limit)."""
+    from types import SimpleNamespace
+
+    from daisy import provenance
+
+    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "cache"))
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    run_job(_job(raw, out, hash_limit=100))
+    run = SimpleNamespace(jobs={"t": None}, record_file=lambda name: str(tmp_path / "out" / "record.json"),
+                          targets=[str(out)], images=lambda: [], pipeline="copy", config={},
+                          code_sha256="x", inputs=[str(raw)])
+    doc = provenance.collect(run)
+    assert doc["outputs"][str(out)] == {"size": out.stat().st_size, "sha256": sha256_file(out)}
+    assert doc["inputs"][str(raw)]["sha256"] == sha256_file(raw)
+    assert doc["jobs"]["t"]["outputs"][str(out)]["sha256"] is None  # the job's own record stays as written
