@@ -169,7 +169,17 @@ class ArraySource(FrameSource):
             yield first, self._data[first - self._offset:last - self._offset]
 
 
-class HDF5StackSource(FrameSource):
+class HDF5Source(FrameSource):
+    """A source read from HDF5: its frames are read one by one, ahead of the caller."""
+
+    def _reads(self) -> Iterator[FrameRead]:
+        raise NotImplementedError
+
+    def frames(self):
+        return read_ahead(self._reads, self.shape, self.dtype, self.batch, self.label)
+
+
+class HDF5StackSource(HDF5Source):
     """A 3D dataset (frames, rows, cols) or a single 2D frame in an HDF5 file."""
 
     kind = "hdf5"
@@ -201,11 +211,8 @@ class HDF5StackSource(FrameSource):
                 where = np.s_[...] if self._single else np.s_[index]
                 yield index, lambda buffer, where=where: dset.read_direct(buffer, where, np.s_[...])
 
-    def frames(self):
-        return read_ahead(self._reads, self.shape, self.dtype, self.batch, self.label)
 
-
-class EigerSource(FrameSource):
+class EigerSource(HDF5Source):
     """An Eiger master file whose /entry/data/data_NNNNNN link the data files' frames."""
 
     kind = "eiger"
@@ -293,9 +300,6 @@ class EigerSource(FrameSource):
             for dset, offset, lo, hi in self._blocks(handle):
                 for index in range(lo, hi):
                     yield index, lambda buffer, dset=dset, i=index - offset: dset.read_direct(buffer, np.s_[i], np.s_[...])
-
-    def frames(self):
-        return read_ahead(self._reads, self.shape, self.dtype, self.batch, self.label)
 
 
 class FabioSource(FrameSource):
