@@ -1,10 +1,11 @@
 # DAISY: containerized analysis pipelines for synchrotron X-ray experiments.
 #
 #   snakemake --workflow-profile profiles/workstation --configfile .test/ct-nxtomo/config.yaml
-#   daisy run ct --config my-ct.yaml
+#   daisy run ct --config my-ct.yaml     (resolves the config into the outdir, then the same)
 #
 # The config names its pipeline (ct, xrd or copy); its schema is schemas/<pipeline>.schema.json.
-# Only that pipeline's rules are included.
+# Only that pipeline's rules are included; the plan (daisy/pipelines/<pipeline>.py) owns every
+# job's files, image and resources.
 
 include: "rules/common.smk"
 include: f"rules/{RUN.pipeline}.smk"
@@ -13,5 +14,5 @@ include: f"rules/{RUN.pipeline}.smk"
 rule all:
     input:
         RUN.targets,
-        RUN.path("provenance.json"),
+        RUN.provenance_file(),
     default_target: True

@@ -21,6 +21,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+#: The reference scripts (the B side: what a user would write instead of DAISY), shared with the tests.
+REFERENCE = REPO / "tests" / "reference"
 TABLE = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
 HEADER = ("| date | benchmark | size | DAISY (A) | direct (B) | A/B or A−B | target | met | machine |\n"

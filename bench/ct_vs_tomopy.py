@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, daisy_runner, json_runner, loadavg, report
+from common import REFERENCE, REPO, alternate, daisy_runner, json_runner, loadavg, report
 from make_ct_data import SIZES
 
 
@@ -117,7 +117,7 @@ def main() -> int:
     ap.add_argument("--snakemake-args", default="", help="extra snakemake arguments for DAISY, e.g. --force-use-threads")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from daisy import containers
+    from daisy import images
 
     import make_ct_data
 
@@ -137,17 +137,17 @@ def main() -> int:
     config = work / "ct.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     for name in ("tomopy", "base"):
-        containers.verify_image(name)
+        images.verify_image(name)
 
     daisy_run, stamps = daisy_runner("ct", config, outdir, args.threads, work, args.snakemake_args)
 
-    script = REPO / "bench" / ("direct_tomopy_gzip.py" if gzip else "direct_tomopy.py")
+    script = REPO / "bench" / "direct_tomopy_gzip.py" if gzip else REFERENCE / "direct_tomopy.py"
     direct_out = direct_dir / "volume.h5"
     rss_file = direct_dir / "maxrss.json"
-    direct_cmd = containers.exec_argv(
+    direct_cmd = images.exec_argv(
         "tomopy", ["python3", REPO / "bench" / "maxrss.py", rss_file, script, raw, direct_out,
                    "--center", repr(center), "--threads", args.threads],
-        binds_ro=[REPO / "bench", raw.parent], binds_rw=[direct_dir])
+        binds_ro=[REPO / "bench", REFERENCE, raw.parent], binds_rw=[direct_dir])
     direct_run, direct_phases = json_runner(direct_cmd, before=lambda: direct_out.unlink(missing_ok=True))
 
     load_before = loadavg()

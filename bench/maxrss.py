@@ -3,7 +3,7 @@
 
 Used inside the images, where /usr/bin/time is not guaranteed and the apptainer starter hides the
 child's rusage:   python3 bench/maxrss.py OUT.json -m daisy_steps run --job job.json
-                  python3 bench/maxrss.py OUT.json bench/direct_tomopy.py raw.h5 vol.h5 ...
+                  python3 bench/maxrss.py OUT.json tests/reference/direct_tomopy.py raw.h5 vol.h5 ...
 """
 
 import json

@@ -55,7 +55,7 @@ def main() -> int:
                                 "from pathlib import Path; "
                                 "r = __import__('daisy.workflow', fromlist=['plan']).plan("
                                 "cli._read_config(Path(sys.argv[2])), pipeline='ct'); "
-                                "[__import__('daisy.containers', fromlist=['x']).verify_image(n) for n in r.images()]",
+                                "[__import__('daisy.images', fromlist=['x']).verify_image(n) for n in r.images()]",
                                 REPO, config], cwd=work))
     snakemake_s = timed(lambda: run([daisy_python(), "-m", "snakemake", "--version"]))
     dry_s = timed(lambda: run([*daisy, "run", "ct", "--config", config, "--cores", 2, "--dry-run"], cwd=work))

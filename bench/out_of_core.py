@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REPO, daisy_python, loadavg, report, run, timed
+from common import REFERENCE, REPO, daisy_python, loadavg, report, run, timed
 from ct_vs_tomopy import volumes_equal
 from make_ct_data import SIZES
 
@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--no-control", action="store_true", help="skip the negative control")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from daisy import containers
+    from daisy import images
 
     import make_ct_data
 
@@ -98,7 +98,7 @@ def main() -> int:
         job.parent.mkdir(parents=True, exist_ok=True)
         job.write_text(json.dumps(doc))
         r0, r1 = plan0.slabs[0]
-        cmd = containers.exec_argv("tomopy", ["prlimit", f"--as={limit}", "--", "python3", "-m", "daisy_steps", "run",
+        cmd = images.exec_argv("tomopy", ["prlimit", f"--as={limit}", "--", "python3", "-m", "daisy_steps", "run",
                                               "--job", job], binds_ro=[raw.parent], binds_rw=[work / "control"])
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "Memory" in ln or "daisy step" in ln]
@@ -124,9 +124,9 @@ def main() -> int:
     if not ref.exists():
         ref = work / "direct" / "volume.h5"
         ref.parent.mkdir(exist_ok=True)
-        cmd = containers.exec_argv("tomopy", ["python3", REPO / "bench" / "direct_tomopy.py", raw, ref, "--center",
-                                              repr(center), "--threads", args.threads],
-                                   binds_ro=[REPO / "bench", raw.parent], binds_rw=[ref.parent])
+        cmd = images.exec_argv("tomopy", ["python3", REFERENCE / "direct_tomopy.py", raw, ref, "--center",
+                                          repr(center), "--threads", args.threads],
+                               binds_ro=[REFERENCE, raw.parent], binds_rw=[ref.parent])
         b = timed(lambda: run(cmd))
     elif ref_json.is_file():
         b = json.loads(ref_json.read_text()).get("b_median")

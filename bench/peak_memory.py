@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from daisy import containers
+    from daisy import images
     from daisy.workflow import plan
 
     import make_ct_data
@@ -57,9 +57,9 @@ def main() -> int:
     proj32 = angles * h * cols * 4
     vol = h * cols * cols * 4
     rss_file = work / "maxrss.json"
-    cmd = containers.exec_argv("tomopy", ["python3", REPO / "bench" / "maxrss.py", rss_file, "-m", "daisy_steps",
-                                          "run", "--job", job],
-                               binds_ro=[REPO / "bench", raw.parent], binds_rw=[work])
+    cmd = images.exec_argv("tomopy", ["python3", REPO / "bench" / "maxrss.py", rss_file, "-m", "daisy_steps",
+                                      "run", "--job", job],
+                           binds_ro=[REPO / "bench", raw.parent], binds_rw=[work])
     peaks = []
     for _ in range(args.repeats):
         (work / "ct").exists() and shutil.rmtree(work / "ct")

@@ -2,7 +2,7 @@
 """Step start-up: one ``apptainer exec`` of a step that only imports its libraries, minus the
 same command on the host (median of 20 each, alternating). Target: <= 0.1 s.
 
-DAISY keeps a run's images mounted while the run lasts (``containers.hold_images``: shared loop
+DAISY keeps a run's images mounted while the run lasts (``images.hold_images``: shared loop
 devices and one holder container per image), so every job but the first starts on warm pages;
 that is the figure reported against the target ("warm"). The same exec without a holder ("cold",
 what the first job of a run and any bare ``apptainer exec`` pays) is printed and recorded beside.
@@ -52,14 +52,14 @@ def on_host(module: str) -> bool:
 
 def native_tree(name: str) -> Path:
     """The image's files unpacked on the host disk (once per digest), with today's daisy_steps."""
-    from daisy import containers
+    from daisy import images
 
-    sif = containers.image_path(name)
+    sif = images.image_path(name)
     tree = bench_data_dir() / "native" / sif.stem
     if not (tree / ".daisy-complete").exists():
         shutil.rmtree(tree, ignore_errors=True)
         tree.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([containers.APPTAINER, "build", "--sandbox", str(tree), str(sif)], check=True,
+        subprocess.run([images.APPTAINER, "build", "--sandbox", str(tree), str(sif)], check=True,
                        capture_output=True)
         (tree / ".daisy-complete").touch()
     for part in ("daisy_steps", "schemas"):
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--no-native", action="store_true", help="skip the native (chroot) baseline")
     args = parser.parse_args()
-    from daisy import containers
+    from daisy import images
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -95,17 +95,17 @@ def main() -> int:
     for name in args.images:
         modules = IMPORTS[name]
         host_modules = [m for m in modules if on_host(m)]
-        inside = containers.exec_argv(name, ["python3", "-c", "import " + ", ".join(modules)])
+        inside = images.exec_argv(name, ["python3", "-c", "import " + ", ".join(modules)])
         host = [str(REPO / ".venv" / "bin" / "python"), "-c", "import " + ", ".join(host_modules)]
-        bare = containers.exec_argv(name, ["true"])
-        containers.verify_image(name)
+        bare = images.exec_argv(name, ["true"])
+        images.verify_image(name)
         native = None
         if not args.no_native and os.geteuid() == 0 and shutil.which("chroot"):
             native = native_argv(native_tree(name), "import " + ", ".join(modules))
         a, b, c, cold, d = [], [], [], [], []
         for _ in range(args.repeats):
             clock(inside, cold)
-        holders = containers.hold_images({name: modules})
+        holders = images.hold_images({name: modules})
         if not holders.processes:
             print(f"  {name}: no holder (apptainer.conf lacks 'shared loop devices = yes'): warm = cold")
         time.sleep(1.0)  # let the holder mount the image

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REPO, alternate, bench_data_dir, daisy_runner, json_runner, loadavg, report
+from common import REFERENCE, alternate, bench_data_dir, daisy_runner, json_runner, loadavg, report
 from ct_vs_tomopy import breakdown
 
 
@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--snakemake-args", default="", help="extra snakemake arguments for DAISY, e.g. --force-use-threads")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from daisy import containers
+    from daisy import images
 
     import make_xrd_data
 
@@ -64,14 +64,14 @@ def main() -> int:
            "save": {"xy": False, "previews": False, "compression": "none"}}
     config = work / "xrd.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    containers.verify_image("pyfai")
+    images.verify_image("pyfai")
     daisy_run, stamps = daisy_runner("xrd", config, outdir, args.threads, work, args.snakemake_args)
 
     npz = direct_dir / "patterns.npz"
-    direct_cmd = containers.exec_argv(
-        "pyfai", ["python3", REPO / "bench" / "direct_pyfai.py", master, "--poni", poni, "--npt", args.npt,
+    direct_cmd = images.exec_argv(
+        "pyfai", ["python3", REFERENCE / "direct_pyfai.py", master, "--poni", poni, "--npt", args.npt,
                   "--unit", "2th_deg", "--method", "full,csr,cython", "--out", npz],
-        binds_ro=[REPO / "bench", master.parent], binds_rw=[direct_dir], env={"OMP_NUM_THREADS": args.threads})
+        binds_ro=[REFERENCE, master.parent], binds_rw=[direct_dir], env={"OMP_NUM_THREADS": args.threads})
     direct_run, timings = json_runner(direct_cmd, before=lambda: npz.unlink(missing_ok=True))
 
     load_before = loadavg()

@@ -1,4 +1,4 @@
-"""DAISY host-side tooling: command line, containers, workflow glue, provenance, archive.
+"""DAISY host-side tooling: command line, the run plan, images, Snakemake glue, provenance.
 
 What runs inside the images is the separate package ``daisy_steps``.
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 from daisy_steps.errors import StepError
 
 from . import __version__
+from .images import ImageError
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
@@ -27,8 +28,6 @@ def snakemake_args(config: Path, profile: str, cores: int | None = None, dry_run
                    extra: list[str] | None = None) -> list[str]:
     """The snakemake arguments of ``daisy run`` (run in the caller's working directory); the same
     as ``snakemake ARGS`` on the command line."""
-    if profile not in _profiles():
-        raise DaisyError(f"unknown profile {profile!r} (known: {', '.join(_profiles())})")
     cmd = ["--snakefile", str(REPO / "Snakefile"),
            "--workflow-profile", str(PROFILES / profile), "--configfile", str(config)]
     if cores:
@@ -40,35 +39,35 @@ def snakemake_args(config: Path, profile: str, cores: int | None = None, dry_run
 
 def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", cores: int | None = None,
                  dry_run: bool = False, extra: list[str] | None = None) -> int:
-    """Validate ``config``, verify the images it needs, then run snakemake on it."""
-    from . import containers, workflow
+    """Resolve ``config`` (translated, validated, planned) into the outdir and run Snakemake on
+    that file: the same path as ``snakemake --configfile`` (images are checked when jobs start)."""
+    import tempfile
 
-    run = workflow.plan(_read_config(config), source=str(config), pipeline=pipeline)
-    for name in run.images():
-        containers.verify_image(name)
-    args = snakemake_args(config, profile, cores, dry_run, extra)
-    print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
-          flush=True)
-    if not dry_run and _runs_jobs_here(profile):
-        workflow.hold_run_images(run)  # warm while Snakemake starts; released when the run ends
-    try:
-        code = run_snakemake(args)
-    finally:
-        workflow.finish_run()
+    from . import workflow
+
+    if profile not in _profiles():
+        raise DaisyError(f"unknown profile {profile!r} (known: {', '.join(_profiles())})")
+    with tempfile.TemporaryDirectory(prefix="daisy-dry-run-") as scratch:
+        if dry_run:  # a dry run leaves nothing behind
+            run = workflow.cached_plan(workflow.read_config(config), source=str(config), pipeline=pipeline)
+            resolved = Path(scratch) / workflow.RESOLVED_CONFIG
+            workflow.write_resolved_config(run.config, resolved, source=config)
+        else:
+            run, resolved = workflow.resolve(config, pipeline)
+        args = snakemake_args(resolved, profile, cores, dry_run, extra)
+        print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
+              flush=True)
+        try:
+            code = run_snakemake(args)
+        finally:
+            workflow.finish_run()
     if code:
         raise DaisyError(f"the {pipeline} pipeline failed (snakemake exit {code}); "
                          f"see the job logs under {run.outdir / 'logs'}")
     if not dry_run:
-        print(f"daisy: outputs in {run.outdir}; provenance: {run.outdir / 'provenance.json'}")
+        print(f"daisy: outputs in {run.outdir}; provenance: {run.outdir / 'provenance.json'}; "
+              f"resolved config: {resolved}")
     return 0
-
-
-def _runs_jobs_here(profile: str) -> bool:
-    """Whether the profile runs jobs on this machine (no cluster executor)."""
-    import yaml
-
-    settings = yaml.safe_load((PROFILES / profile / "config.yaml").read_text()) or {}
-    return settings.get("executor", "local") in ("local", "dryrun")
 
 
 def run_snakemake(args: list[str]) -> int:
@@ -83,22 +82,12 @@ def run_snakemake(args: list[str]) -> int:
     return 0
 
 
-def _read_config(path: Path) -> dict:
-    """A config file, or the original design's init_dict/cfg_dict translated (not validated)."""
-    from . import config as configs
-    from . import importer
-
-    if importer.looks_like_design_dicts(path):
-        return importer.translate_file(path)
-    return configs.read_config(path)
-
-
 # -- subcommands --------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    config = Path(args.config) if args.config else REPO / "config" / f"{args.pipeline}.yaml"
+    config = Path(args.config)
     if not config.is_file():
-        raise DaisyError(f"config file {config} does not exist (give one with --config)")
+        raise DaisyError(f"config file {config} does not exist")
     return run_pipeline(args.pipeline, config, args.profile, args.cores, args.dry_run, args.snakemake_args)
 
 
@@ -106,7 +95,9 @@ def cmd_validate(args) -> int:
     from . import config as configs
 
     path = Path(args.file)
-    cfg = configs.validate(_read_config(path), source=str(path))
+    from .workflow import read_config
+
+    cfg = configs.validate(read_config(path), source=str(path))
     print(f"ok: {path} is a valid {cfg['pipeline']} config (config_version {cfg['config_version']})")
     if args.show:
         import yaml
@@ -145,6 +136,13 @@ def cmd_demo(args) -> int:
 def cmd_steps(args) -> int:
     from daisy_steps.registry import STEPS
 
+    if args.name:  # one step's whole story: code, ports, images, schema, jobs, tests, docs
+        from .docs import step_story
+
+        if args.name not in STEPS:
+            raise DaisyError(f"unknown step {args.name!r} (known: {', '.join(sorted(STEPS))})")
+        print(step_story(args.name), end="")
+        return 0
     for name in sorted(STEPS):
         print(f"{name:24s} {STEPS[name]}")
     return 0
@@ -158,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline (ct, xrd, copy) through snakemake in the pinned images",
                        epilog="Arguments after -- go to snakemake unchanged, e.g. daisy run ct --config c.yaml -- --forceall")
     p.add_argument("pipeline", choices=["ct", "xrd", "copy"])
-    p.add_argument("--config", help="config file (YAML/JSON, or the original design's init_dict/cfg_dict)")
+    p.add_argument("--config", required=True, help="config file (YAML/JSON, or the original design's init_dict/cfg_dict)")
     p.add_argument("--profile", default="workstation", help="profile under profiles/ (workstation, slurm)")
     p.add_argument("--cores", type=int, help="cores to use (default: the profile's)")
     p.add_argument("-n", "--dry-run", action="store_true", help="show what would run")
@@ -183,14 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder the input file names are relative to (default: the file's folder)")
     p.set_defaults(func=cmd_import_config)
 
-    p = sub.add_parser("steps", help="list the analysis steps")
+    p = sub.add_parser("steps", help="list the analysis steps, or show one step's whole story")
+    p.add_argument("name", nargs="?", help="a step name, e.g. ct.normalize")
     p.set_defaults(func=cmd_steps)
 
-    try:
-        from . import containers
-        containers.register_cli(sub)
-    except ImportError as exc:  # pragma: no cover - containers.py is part of the package
-        print(f"warning: container commands unavailable: {exc}", file=sys.stderr)
+    from . import images
+    images.register_cli(sub)
     return parser
 
 
@@ -208,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         args.snakemake_args = extra
     try:
         return args.func(args)
-    except (DaisyError, StepError) as exc:
+    except (DaisyError, StepError, ImageError) as exc:
         print(f"daisy: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -217,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line; the traceback only on request
         if os.environ.get("DAISY_DEBUG"):
             raise
-        name = type(exc).__name__
-        if name in ("ImageError", "ImageDigestMismatch"):
-            print(f"daisy: error: {exc}", file=sys.stderr)
-            return 2
-        print(f"daisy: error: {name}: {exc} (set DAISY_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"daisy: error: {type(exc).__name__}: {exc} (set DAISY_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

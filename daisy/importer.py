@@ -19,7 +19,7 @@ from daisy_steps.errors import ParamError
 HEADER = "# DAISY config translated by `daisy import-config` from {source} (init_dict/cfg_dict)\n"
 
 
-class ImportError_(ParamError):
+class DesignConfigError(ParamError):
     """A design dictionary that cannot be translated."""
 
 
@@ -27,13 +27,13 @@ def _float(value, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ImportError_(f"{where}: {value!r} is not a number") from None
+        raise DesignConfigError(f"{where}: {value!r} is not a number") from None
 
 
 def _int(value, where: str) -> int:
     number = _float(value, where)
     if number != int(number):
-        raise ImportError_(f"{where}: {value!r} is not a whole number")
+        raise DesignConfigError(f"{where}: {value!r} is not a whole number")
     return int(number)
 
 
@@ -98,22 +98,22 @@ def translate(init_dict: dict, cfg_dict: dict | None = None, *, outdir: str | No
     """Return a DAISY config (not yet validated) for the design's dictionaries."""
     cfg_dict = cfg_dict or {}
     if not isinstance(init_dict, dict) or not init_dict:
-        raise ImportError_("init_dict must be a non-empty dict of {instance: {'class_name': ..., 'init_paras': {...}}}")
+        raise DesignConfigError("init_dict must be a non-empty dict of {instance: {'class_name': ..., 'init_paras': {...}}}")
     for name in cfg_dict:
         if name not in init_dict:
-            raise ImportError_(f"cfg_dict: key '{name}' names no algorithm of init_dict ({', '.join(init_dict)})")
+            raise DesignConfigError(f"cfg_dict: key '{name}' names no algorithm of init_dict ({', '.join(init_dict)})")
     config: dict[str, Any] = {"config_version": 1}
     pipelines, loads, ranges = set(), [], {}
     for name, entry in init_dict.items():
         where = f"init_dict['{name}']"
         if not isinstance(entry, dict):
-            raise ImportError_(f"{where}: expected a dict with 'class_name' and 'init_paras'")
+            raise DesignConfigError(f"{where}: expected a dict with 'class_name' and 'init_paras'")
         unknown = set(entry) - {"class_name", "init_paras"}
         if unknown:
-            raise ImportError_(f"{where}: unknown key {', '.join(map(repr, sorted(unknown)))} (allowed: class_name, init_paras)")
+            raise DesignConfigError(f"{where}: unknown key {', '.join(map(repr, sorted(unknown)))} (allowed: class_name, init_paras)")
         cls = entry.get("class_name")
         if cls not in CLASSES:
-            raise ImportError_(f"{where}: unknown class_name {cls!r} (known: {', '.join(sorted(CLASSES))})")
+            raise DesignConfigError(f"{where}: unknown class_name {cls!r} (known: {', '.join(sorted(CLASSES))})")
         spec = CLASSES[cls]
         for target, value in spec.get("fixed", {}).items():
             _set(config, target, value)
@@ -125,7 +125,7 @@ def translate(init_dict: dict, cfg_dict: dict | None = None, *, outdir: str | No
             for key, value in values.items():
                 if key not in spec[section]:
                     allowed = ", ".join(spec[section]) or "none"
-                    raise ImportError_(f"{label}: unknown key '{key}' for {cls} (allowed: {allowed})")
+                    raise DesignConfigError(f"{label}: unknown key '{key}' for {cls} (allowed: {allowed})")
                 target, convert = spec[section][key]
                 value = convert(value, f"{label}['{key}']") if convert not in (str,) else str(value)
                 if target.startswith("@"):
@@ -137,17 +137,17 @@ def translate(init_dict: dict, cfg_dict: dict | None = None, *, outdir: str | No
                     _set(config, target, value)
         if cls == "LoadHDF5":
             if "input" not in load:
-                raise ImportError_(f"{where}: LoadHDF5 needs init_paras 'inputfile_name'")
+                raise DesignConfigError(f"{where}: LoadHDF5 needs init_paras 'inputfile_name'")
             loads.append(load)
         if "center" in load:
             _set(config, "center.method", "manual")
             _set(config, "center.center", load["center"])
     for field, (low, high) in ranges.items():
         if low is None or high is None:
-            raise ImportError_(f"{field}: both ends are needed (the design's *min and *max keys)")
+            raise DesignConfigError(f"{field}: both ends are needed (the design's *min and *max keys)")
         _set(config, field, [low, high])
     if len(pipelines) != 1:
-        raise ImportError_("cannot tell the pipeline: init_dict needs exactly one of AlgFAIIntegrate (xrd) "
+        raise DesignConfigError("cannot tell the pipeline: init_dict needs exactly one of AlgFAIIntegrate (xrd) "
                            "or AlgTomopyRecon (ct)" if not pipelines else
                            f"init_dict mixes pipelines {sorted(pipelines)}")
     pipeline = pipelines.pop()
@@ -164,17 +164,17 @@ def _inputs(config: dict, pipeline: str, loads: list[dict], base: Path | None) -
         return str(base / name) if base is not None else name
 
     if not loads:
-        raise ImportError_("init_dict has no LoadHDF5: nothing to read")
+        raise DesignConfigError("init_dict has no LoadHDF5: nothing to read")
     if pipeline == "ct":
         if len(loads) != 1:
-            raise ImportError_(f"CT: expected one LoadHDF5 (the raw scan), got {len(loads)}")
+            raise DesignConfigError(f"CT: expected one LoadHDF5 (the raw scan), got {len(loads)}")
         config["input"] = {"file": where(loads[0]["input"]), "layout": "daisy"}
         return
     masters = [ld for ld in loads if MASTER.match(Path(ld["input"]).name)]
     data = [ld for ld in loads if DATA.match(Path(ld["input"]).name)]
     others = [ld for ld in loads if ld not in masters and ld not in data]
     if len(masters) > 1 or len(others) > 1 or (others and (masters or data)):
-        raise ImportError_("XRD: expected an Eiger master file (scan_NNNNN_master.h5, which also gives the pixel mask) "
+        raise DesignConfigError("XRD: expected an Eiger master file (scan_NNNNN_master.h5, which also gives the pixel mask) "
                            "with its data files, or one plain HDF5 stack; got " + ", ".join(ld["input"] for ld in loads))
     if others:
         config["input"] = {"file": where(others[0]["input"])}
@@ -188,7 +188,7 @@ def _inputs(config: dict, pipeline: str, loads: list[dict], base: Path | None) -
     scan = MASTER.match(Path(master).name)["scan"]
     for ld in data:
         if DATA.match(Path(ld["input"]).name)["scan"] != scan:
-            raise ImportError_(f"XRD: data file {ld['input']} belongs to another scan than {master}")
+            raise DesignConfigError(f"XRD: data file {ld['input']} belongs to another scan than {master}")
     # The master links every data file, so the pipeline reads the frames through it.
     config["input"] = {"file": where(master), "format": "eiger"}
 
@@ -200,7 +200,7 @@ def _literal_dicts(source: str, path: Path) -> dict[str, Any]:
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
-        raise ImportError_(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from None
+        raise DesignConfigError(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from None
     found = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -209,7 +209,7 @@ def _literal_dicts(source: str, path: Path) -> dict[str, Any]:
                 try:
                     found[name] = ast.literal_eval(node.value)
                 except ValueError:
-                    raise ImportError_(f"{path}: {name} must be a literal dict (no code)") from None
+                    raise DesignConfigError(f"{path}: {name} must be a literal dict (no code)") from None
     return found
 
 
@@ -218,19 +218,19 @@ def read_design(path: str | Path) -> tuple[dict, dict]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ImportError_(f"file {path} does not exist") from None
+        raise DesignConfigError(f"file {path} does not exist") from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ImportError_(f"{path}: not valid JSON: {exc}") from None
+            raise DesignConfigError(f"{path}: not valid JSON: {exc}") from None
     else:
         data = _literal_dicts(text, path)
     if "init_dict" not in data:
-        raise ImportError_(f"{path}: defines no init_dict")
+        raise DesignConfigError(f"{path}: defines no init_dict")
     unknown = set(data) - {"init_dict", "cfg_dict"} if path.suffix == ".json" else set()
     if unknown:
-        raise ImportError_(f"{path}: unknown key {', '.join(map(repr, sorted(unknown)))} (allowed: init_dict, cfg_dict)")
+        raise DesignConfigError(f"{path}: unknown key {', '.join(map(repr, sorted(unknown)))} (allowed: init_dict, cfg_dict)")
     return data["init_dict"], data.get("cfg_dict") or {}
 
 

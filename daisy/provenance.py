@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import socket
-import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,22 +20,15 @@ from daisy_steps.fileio import sha256_file, write_json_atomic
 from daisy_steps.pin import code_files
 
 from . import __version__
+from .hashing import sha256_files
+from .images import ImageError, load_lock
+from .images.paths import apptainer_version
 
 PROVENANCE_VERSION = 1
 
 
-def _apptainer_version() -> str | None:
-    exe = shutil.which("apptainer")
-    if not exe:
-        return None
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    return out.stdout.strip() or None
-
-
 def _file_infos(paths) -> dict[str, dict[str, Any]]:
     """Size and sha256 of files, hashed in parallel and cached by (path, size, mtime, ctime, inode)."""
-    from .containers import sha256_files
-
     paths = [Path(p) for p in paths]
     digests = sha256_files(paths)
     return {str(p): {"size": p.stat().st_size, "sha256": digests[str(p.resolve())]} for p in paths}
@@ -45,9 +36,7 @@ def _file_infos(paths) -> dict[str, dict[str, Any]]:
 
 def collect(run) -> dict[str, Any]:
     """Build the provenance document of a finished run."""
-    from . import containers
-
-    lock = containers.load_lock().get("images", {})
+    lock = load_lock().get("images", {})
     records = {}
     for name in run.jobs:
         records[name] = json.loads(Path(run.record_file(name)).read_text())
@@ -66,6 +55,10 @@ def collect(run) -> dict[str, Any]:
     images = {name: {k: lock.get(name, {}).get(k) for k in
                      ("version", "image_sha256", "definition_sha256", "file", "size_bytes", "apptainer_version", "built_at")}
               for name in run.images()}
+    try:
+        apptainer = apptainer_version()
+    except ImageError:
+        apptainer = None
     return {
         "provenance_version": PROVENANCE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -76,7 +69,7 @@ def collect(run) -> dict[str, Any]:
         "code_files": {name: sha256_file(path) for name, path in code_files()},
         "images": images,
         "software": {"daisy": __version__, "snakemake": metadata.version("snakemake"),
-                     "apptainer": _apptainer_version(), "python": platform.python_version()},
+                     "apptainer": apptainer, "python": platform.python_version()},
         "inputs": _file_infos(sorted(set(run.inputs))),
         "outputs": dict(sorted(outputs.items())),
         "results": results,

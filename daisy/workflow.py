@@ -1,191 +1,172 @@
-"""Glue between the Snakefile and DAISY: validated config, the run's plan, job files, images.
+"""Glue between Snakemake and DAISY's plan: the one entry path of every run.
 
-The Snakefile calls :func:`setup` once; everything a rule needs (paths, job documents,
-image paths) comes from the returned :class:`Run`, so rules stay declarative and the logic
-stays testable in Python.
+``daisy run`` resolves the config (design dictionaries translated, defaults filled), writes it
+into the outdir and hands Snakemake that file; plain ``snakemake --configfile`` comes through the
+same :func:`setup`. Rules read their patterns, image and resources from :func:`rule_spec`; image
+digests are verified and images held warm in :func:`start_run` (``onstart``: only when jobs will
+run, so ``--lint`` and ``--dry-run`` need no images).
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from daisy_steps.core import JOB_VERSION
-from daisy_steps.pin import code_sha256
+from daisy_steps.errors import StepError
 
 from . import config as configs
+from . import images
+from .plan import INDEX, INDEX_PATTERN, Job, Run, plan
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Job:
-    """One Snakemake job: a chain of steps of one image, run in one process."""
-
-    name: str
-    image: str
-    steps: list[dict[str, Any]]
-    threads: int = 1
-    mem_mb: int = 1024
+#: the name of the resolved config ``daisy run`` writes into the outdir and runs
+RESOLVED_CONFIG = "config.resolved.yaml"
+SETUP_ERRORS = (StepError, images.ImageError)
+_runs: dict[str, Run] = {}
 
 
-@dataclass
-class Run:
-    """A validated config and everything derived from it."""
+def read_config(path: Path) -> dict[str, Any]:
+    """A config file, or the original design's init_dict/cfg_dict translated (not validated)."""
+    from . import importer
 
-    config: dict[str, Any]
-    pipeline: str
-    outdir: Path
-    jobs: dict[str, Job] = field(default_factory=dict)
-    targets: list[str] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    slabs: list[tuple[int, int]] = field(default_factory=list)
-    blocks: list[tuple[int, int]] = field(default_factory=list)
-    code_sha256: str = ""
-
-    def path(self, *parts: str) -> str:
-        return str(self.outdir.joinpath(*parts))
-
-    def job_file(self, name: str) -> str:
-        return self.path("jobs", f"{name}.json")
-
-    def record_file(self, name: str) -> str:
-        return self.path("records", f"{name}.json")
-
-    def log_file(self, name: str) -> str:
-        return self.path("logs", f"{name}.log")
-
-    def images(self) -> list[str]:
-        return sorted({job.image for job in self.jobs.values()})
-
-    def image(self, name: str) -> str:
-        """Digest-bearing path of image ``name`` (from the lock)."""
-        from . import containers
-
-        return str(containers.image_path(name))
-
-    def job_document(self, name: str) -> dict[str, Any]:
-        """The job file's content: steps, record path, image digest and code pin."""
-        from . import containers
-
-        job = self.jobs[name]
-        entry = containers.load_lock().get("images", {}).get(job.image, {})
-        return {
-            "job_version": JOB_VERSION, "job": name, "threads": job.threads, "steps": job.steps,
-            "record": self.record_file(name), "code_sha256": self.code_sha256,
-            "image": {"name": job.image, "version": entry.get("version"), "sha256": entry.get("image_sha256")},
-        }
+    if importer.looks_like_design_dicts(path):
+        return importer.translate_file(path)
+    return configs.read_config(path)
 
 
-def pipeline_module(name: str):
-    return importlib.import_module(f"daisy.pipelines.{name}")
+def cached_plan(config: dict[str, Any], source: str = "config", pipeline: str | None = None) -> Run:
+    """:func:`daisy.plan.plan`, once per config in this process (``daisy run`` plans before it
+    starts Snakemake in the same process; the Snakefile then finds the same plan)."""
+    key = json.dumps([config, pipeline], sort_keys=True, default=str)
+    if key not in _runs:
+        _runs[key] = plan(config, source=source, pipeline=pipeline)
+    return _runs[key]
 
 
-def plan(config: dict[str, Any], source: str = "config", pipeline: str | None = None) -> Run:
-    """Validate ``config`` (for ``pipeline``, if given) and plan its jobs (no image check)."""
-    cfg = configs.validate(config, pipeline, source=source)
-    run = Run(config=cfg, pipeline=cfg["pipeline"], outdir=Path(cfg["outdir"]), code_sha256=code_sha256())
-    pipeline_module(run.pipeline).plan(run)
+def resolve(path: Path, pipeline: str | None = None) -> tuple[Run, Path]:
+    """Read, translate, validate and plan the config at ``path``; write the resolved config
+    (every default filled in) into the outdir. Returns the plan and the resolved file."""
+    run = cached_plan(read_config(path), source=str(path), pipeline=pipeline)
+    resolved = run.outdir / RESOLVED_CONFIG
+    write_resolved_config(run.config, resolved, source=path)
+    _runs[json.dumps([run.config, None], sort_keys=True, default=str)] = run
+    return run, resolved
+
+
+def write_resolved_config(cfg: dict[str, Any], path: Path, source: Path) -> None:
+    import yaml
+
+    from daisy_steps.fileio import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = (f"# Resolved by daisy run from {Path(source).resolve()} (every default filled in).\n"
+            f"# Rerun exactly this: snakemake --workflow-profile profiles/workstation --configfile {path.name}\n")
+    write_text_atomic(path, head + yaml.safe_dump(cfg, sort_keys=False))
+
+
+def setup(config: dict[str, Any]) -> Run:
+    """Called by the Snakefile: validate and plan (no image needed), set the container binds."""
+    run = cached_plan(config)
+    set_container_binds(run)
     return run
 
 
-def bind_paths(run: Run) -> str:
-    """APPTAINER_BIND value: input folders read-only, the output folder read-write, the step
-    code and schemas read-only at /opt/daisy (where the images' PYTHONPATH points)."""
-    from . import containers
-
-    binds = [f"{containers.STEPS_DIR}:{containers.STEPS_TARGET}:ro", f"{containers.SCHEMAS_DIR}:{containers.SCHEMAS_TARGET}:ro"]
-    outdir = run.outdir.resolve()
-    outdir.mkdir(parents=True, exist_ok=True)
-    binds.append(f"{outdir}:{outdir}")
-    for folder in sorted({Path(p).resolve().parent for p in run.inputs}):
-        binds.append(f"{folder}:{folder}:ro")
-    return ",".join(binds)
-
-
-def _setup_errors() -> tuple[type[Exception], ...]:
-    from daisy_steps.errors import StepError
-
-    from .containers import ImageError
-
-    return (StepError, ImageError)
-
-
-SETUP_ERRORS = _setup_errors()
-
-
-def setup(config: dict[str, Any], verify_images: bool = True) -> Run:
-    """Called by the Snakefile: validate, plan, verify image digests, set container binds."""
-    from . import containers
-
-    run = plan(config)
-    if verify_images:
-        for name in run.images():
-            containers.verify_image(name)
-    binds = bind_paths(run)
+def set_container_binds(run: Run) -> None:
+    """APPTAINER_BIND for the jobs Snakemake starts: the step code read-only at /opt/daisy,
+    input folders read-only, the outdir read-write (the same binds as :func:`run_job_in_image`)."""
+    run.outdir.mkdir(parents=True, exist_ok=True)
+    binds = images.bind_specs(binds_ro=sorted({Path(p).resolve().parent for p in run.inputs}),
+                              binds_rw=[run.outdir])
     previous = os.environ.get("DAISY_USER_BIND", os.environ.get("APPTAINER_BIND", ""))
-    os.environ["DAISY_USER_BIND"] = previous
-    os.environ["APPTAINER_BIND"] = ",".join(b for b in (previous, binds) if b)
-    return run
+    os.environ["DAISY_USER_BIND"] = previous  # re-parsing must not accumulate our binds
+    os.environ["APPTAINER_BIND"] = ",".join(b for b in (previous, ",".join(binds)) if b)
 
+
+# -- what the rules read ------------------------------------------------------------------------
+
+@dataclass
+class RuleSpec:
+    """The directives of one stage's rule, all taken from the plan."""
+
+    output: dict[str, Any]
+    log: str
+    container: str
+    input: Callable[[Any], dict[str, Any]]
+    threads: Callable[[Any], int]
+    resources: dict[str, Callable[[Any], int]]
+    wildcard_constraints: dict[str, str]
+
+
+def rule_spec(run: Run, stage: str) -> RuleSpec:
+    """Patterns, image, inputs and resources of ``stage``'s rule, from the plan."""
+    from snakemake.io import directory
+
+    st = run.stages[stage]
+    name = st.job_name()
+
+    def job(wildcards) -> Job:
+        return run.jobs[st.job_name(wildcards.get(INDEX))] if st.indexed else run.jobs[name]
+
+    output = {slot: (directory if out.directory else str)(run.path(out.pattern))
+              for slot, out in run.outputs[stage].items()}
+    output["record"] = run.record_file(name)
+    return RuleSpec(
+        output=output,
+        log=run.log_file(name),
+        container=str(images.locked_path(st.image)),
+        input=lambda wildcards: {"job": run.job_file(job(wildcards).name), "data": job(wildcards).inputs},
+        threads=lambda wildcards: job(wildcards).threads,
+        resources={"mem_mb": lambda wildcards: job(wildcards).mem_mb,
+                   "runtime": lambda wildcards: job(wildcards).runtime_min},
+        wildcard_constraints={INDEX: INDEX_PATTERN} if st.indexed else {},
+    )
+
+
+# -- run lifecycle (rules/common.smk: onstart, onsuccess, onerror) ------------------------------
 
 _holders: list = []
 
 
-def hold_run_images(run: Run) -> None:
-    """Keep the run's images mounted and warm while it lasts (containers.ImageHolders), each
-    warmed with the libraries its steps import; stopped by :func:`finish_run`."""
+def start_run(run: Run, workflow) -> None:
+    """``onstart`` (jobs will run): verify every image's sha256 against the lock, then, when this
+    process runs the jobs itself, keep the images mounted and warm while the run lasts."""
+    for name in run.images():
+        images.verify_image(name)
+    methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
+    if workflow.local_exec and workflow.is_main_process and "apptainer" in methods and not _holders:
+        _holders.append(images.hold_images(warm_modules(run)))
+
+
+def warm_modules(run: Run) -> dict[str, list[str]]:
+    """Per image, the libraries its jobs' steps import (what the holders warm)."""
     from daisy_steps.core import step_class
 
-    from . import containers
-
-    if _holders:
-        return
     modules: dict[str, set[str]] = {name: set() for name in run.images()}
     for job in run.jobs.values():
         for entry in job.steps:
-            try:
-                modules[job.image].update(step_class(entry["step"]).libraries)
-            except Exception:  # a warm-up list is an optimisation: never fail a run for it
-                pass
-    _holders.append(containers.hold_images({name: sorted(mods) for name, mods in modules.items()}))
-
-
-def start_run(run: Run, workflow) -> None:
-    """Snakefile ``onstart``: hold the run's images (unless ``daisy run`` did already) when this
-    process runs the jobs itself in Apptainer (not for a cluster executor, not in job processes)."""
-    methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
-    if workflow.local_exec and workflow.is_main_process and "apptainer" in methods:
-        hold_run_images(run)
+            modules[job.image].update(step_class(entry["step"]).libraries)
+    return {name: sorted(mods) for name, mods in modules.items()}
 
 
 def finish_run() -> None:
-    """Snakefile ``onsuccess``/``onerror``: stop the image holders and let the process exit."""
+    """``onsuccess``/``onerror``: stop the image holders and let the process exit."""
     while _holders:
         _holders.pop().release()
     release_scheduler_timers()
 
 
-def release_scheduler_timers() -> int:
-    """Cancel Snakemake's pending scheduler timers, so that the process exits at once.
-
-    After every scheduling pass Snakemake (9.x) arms a non-daemon ``threading.Timer`` of the
-    ``--max-jobs-per-timespan`` timespan (1 s by default; the option cannot go below 1 s, and
-    ``100/100ms`` parses as 100 *minutes*) and Python waits for it at exit: up to 1 s added to
-    every run. Called from the Snakefile's ``onsuccess``/``onerror``, when scheduling is over.
-    """
-    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
-    for timer in timers:
+def release_scheduler_timers() -> None:
+    """Cancel Snakemake's pending scheduler timers so that the process exits at once (it arms a
+    non-daemon 1 s ``threading.Timer`` after every pass; DEVELOPERS.md)."""
+    for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
         timer.cancel()
-    return len(timers)
 
 
 def write_job(path: str, document: dict[str, Any]) -> None:
-    """Write a job file atomically (run by the job-file rule on the host)."""
+    """Write a job file atomically (the job-file rule, on the host)."""
     from daisy_steps.fileio import write_json_atomic
 
     write_json_atomic(path, document)
@@ -193,28 +174,25 @@ def write_job(path: str, document: dict[str, Any]) -> None:
 
 def run_job_in_image(image: str, document: dict[str, Any], job_path: Path, outdir: Path,
                      inputs: tuple = (), quiet: bool = True) -> None:
-    """Run one job document in ``image`` outside Snakemake (sample data, tests, benchmarks).
-
-    The job file and outputs live under ``outdir`` (bound read-write); ``inputs`` are bound
-    read-only; the digest is verified first.
-    """
+    """Run one job document in ``image`` outside Snakemake (sample data, tests, benchmarks), with
+    the isolation of a pipeline job: digest verified, inputs read-only, ``outdir`` (which holds
+    the job file and outputs) read-write, the step code at /opt/daisy."""
     import subprocess
 
-    from daisy_steps.errors import StepError
+    from daisy_steps.core import JOB_VERSION
+    from daisy_steps.pin import code_sha256
 
-    from . import containers
-
-    document = {"job_version": JOB_VERSION, "code_sha256": code_sha256(), **document}
-    job_path = Path(job_path)
-    outdir = Path(outdir)
+    document = {"job_version": JOB_VERSION, "code_sha256": code_sha256(),
+                "image": {"name": image}, **document}
+    job_path, outdir = Path(job_path), Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     write_job(str(job_path), document)
     argv = ["python3", "-m", "daisy_steps", "run", "--job", str(job_path.resolve())]
     if quiet:
         argv.append("--quiet")
-    containers.verify_image(image)
+    images.verify_image(image)
     folders = {Path(p).resolve().parent for p in inputs} | {job_path.resolve().parent}
-    cmd = containers.exec_argv(image, argv, binds_ro=sorted(folders - {outdir.resolve()}), binds_rw=[outdir])
+    cmd = images.exec_argv(image, argv, binds_ro=sorted(folders - {outdir.resolve()}), binds_rw=[outdir])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("daisy step")] or proc.stderr.splitlines()[-5:]

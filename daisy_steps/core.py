@@ -22,6 +22,7 @@ from . import __version__ as steps_version
 from .errors import StepError
 from .fileio import FileRef, OutputSet, sha256_file, write_json_atomic
 from .params import resolve
+from .ports import Port, bind, bind_keys, check_chain
 
 JOB_VERSION = 1
 RECORD_VERSION = 1
@@ -57,19 +58,77 @@ def now() -> str:
 
 
 class DataStore(dict):
-    """Named arrays and values shared by the steps of one job (the original DataStore)."""
+    """Named arrays and values shared by the steps of one job (the original DataStore).
 
-    def require(self, key: str, step: str) -> Any:
+    The runner holds the whole store; a step sees it through :meth:`for_step`, which lets it
+    touch only the keys its class declares (``requires``, ``provides``, ``consumes``).
+    """
+
+    def for_step(self, step: "Step") -> "StepStore":
+        return StepStore(self, step)
+
+
+class StepStore:
+    """What one step sees of the job's :class:`DataStore`: the keys its class declares.
+
+    ``require`` and ``get`` read declared requirements, ``put`` writes declared provides (type
+    checked against the port's kind), ``discard`` removes what the step consumes or provides.
+    Touching an undeclared key is a :class:`StepError` naming the step: a bug in the step,
+    caught by any test that runs it.
+    """
+
+    def __init__(self, data: DataStore, step: "Step") -> None:
+        self._data = data
+        self.step = step.name
+        self.requires, self.provides, self.consumes = type(step).bound_ports(step.params)
+
+    def _undeclared(self, key: str, what: str) -> StepError:
+        return StepError(f"step {self.step} {what} data-store key '{key}', which it does not declare "
+                         f"(requires: {', '.join(self.requires) or 'none'}; provides: "
+                         f"{', '.join(self.provides) or 'none'}): declare it on the step class")
+
+    def require(self, key: str) -> Any:
+        """The value of requirement ``key``; a StepError if no earlier step put it."""
+        if key not in self.requires:
+            raise self._undeclared(key, "reads")
         try:
-            return self[key]
+            return self._data[key]
         except KeyError:
-            have = ", ".join(sorted(self)) or "nothing"
-            raise StepError(f"step {step} needs '{key}' in the data store, which holds {have}; "
+            have = ", ".join(sorted(self._data)) or "nothing"
+            raise StepError(f"step {self.step} needs '{key}' in the data store, which holds {have}; "
                             f"put a step that provides it earlier in the job") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of requirement ``key`` (usually an optional one), or ``default``."""
+        if key not in self.requires:
+            raise self._undeclared(key, "reads")
+        return self._data.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        if key not in self.requires and key not in self.provides:
+            raise self._undeclared(key, "looks up")
+        return key in self._data
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``, one of the step's provides, of the port's kind."""
+        port = self.provides.get(key)
+        if port is None:
+            raise self._undeclared(key, "writes")
+        if not port.check(value):
+            raise StepError(f"step {self.step} puts a {type(value).__name__} under '{key}', "
+                            f"which it declares as {port.kind}")
+        self._data[key] = value
+
+    def discard(self, key: str) -> None:
+        """Remove ``key`` (one the step consumes, or one of its own provides) if present."""
+        if key not in self.consumes and key not in self.provides:
+            raise self._undeclared(key, "removes")
+        self._data.pop(key, None)
 
 
 class JobContext:
-    """What a step may know of its job: file slots, temporary outputs, threads, record extras."""
+    """What a step may know of its job: file slots, temporary outputs, threads, and the results
+    it reports in the job record (``results``, e.g. the rotation centre)."""
 
     def __init__(self, inputs: dict[str, str], outputs: dict[str, str], outset: OutputSet,
                  threads: int, step: str) -> None:
@@ -78,7 +137,7 @@ class JobContext:
         self._outset = outset
         self.threads = threads
         self.step = step
-        self.extra: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}
 
     def has_input(self, slot: str) -> bool:
         return slot in self._inputs
@@ -121,21 +180,32 @@ class JobContext:
 class Step:
     """Base class of every DAISY step.
 
-    Subclasses set ``name`` (``family.action``), ``version``, ``image`` (where it runs) and
-    ``libraries`` (recorded with their versions), and implement :meth:`execute`.
-    Parameters arrive validated, with the defaults of ``schemas/steps/<name>.schema.json``.
+    Subclasses set ``name`` (``family.action``), ``version``, ``images`` (the images it can run
+    in: those holding its ``libraries``, whose versions are recorded), its ports ``requires`` and
+    ``provides`` (data-store key -> :class:`~daisy_steps.ports.Port`; a key ``{field}`` is named
+    by parameter ``field``), ``consumes`` (keys it removes from the store), and implement
+    :meth:`execute`. Parameters arrive validated, with the defaults of
+    ``schemas/steps/<name>.schema.json``. ``self.store`` gives access to the declared keys only.
     """
 
     name = "step"
     version = "0.0.0"
-    image = "base"
+    images: tuple[str, ...] = ()
     libraries: tuple[str, ...] = ("numpy", "h5py")
+    requires: dict[str, Port] = {}
+    provides: dict[str, Port] = {}
+    consumes: tuple[str, ...] = ()
 
     def __init__(self, params: dict[str, Any], store: DataStore, ctx: JobContext) -> None:
         self.params = params
-        self.store = store
+        self.store = store.for_step(self)
         self.ctx = ctx
         self.log = logging.getLogger(f"daisy.{self.name}")
+
+    @classmethod
+    def bound_ports(cls, params: dict[str, Any]) -> tuple[dict[str, Port], dict[str, Port], tuple[str, ...]]:
+        """``requires``, ``provides`` and ``consumes`` with parameter-named keys resolved."""
+        return bind(cls.requires, params), bind(cls.provides, params), bind_keys(cls.consumes, params)
 
     def initialize(self) -> None:
         """Check inputs and prepare; touch no output."""
@@ -152,18 +222,13 @@ class Step:
 # ---------------------------------------------------------------------------------------------
 
 def step_class(name: str) -> type[Step]:
-    """Import the class registered under ``name`` (lazily: a step's library is only
-    imported when that step runs)."""
-    import importlib
-
-    from .registry import STEPS
+    """The step class named ``name`` (``daisy_steps.registry`` finds every one)."""
+    from .registry import CLASSES
 
     try:
-        target = STEPS[name]
+        return CLASSES[name]
     except KeyError:
-        raise StepError(f"unknown step '{name}' (known: {', '.join(sorted(STEPS))})") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+        raise StepError(f"unknown step '{name}' (known: {', '.join(sorted(CLASSES))})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +313,21 @@ def _check_paths(job: dict[str, Any]) -> None:
                 raise StepError(f"step {entry['step']}: output '{slot}' ({text}) would overwrite an input")
 
 
+def job_image(job: dict[str, Any]) -> str | None:
+    """The name of the image a job runs in (``job["image"]["name"]``); None for hand-written
+    jobs that do not say."""
+    image = job.get("image")
+    if isinstance(image, dict):
+        return image.get("name")
+    return image if isinstance(image, str) else None
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run every step of ``job`` in order in this process; return the record.
 
-    All parameters are validated before any data is touched. Outputs are committed only if
-    every step succeeds; otherwise they are removed and the error propagates.
+    All parameters are validated, and the chain is checked against the steps' ports and
+    images (:func:`daisy_steps.ports.check_chain`), before any data is touched. Outputs are
+    committed only if every step succeeds; otherwise they are removed and the error propagates.
     """
     log = logging.getLogger("daisy.job")
     code = check_code_pin(job)
@@ -265,6 +340,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         cls = step_class(name)
         params = resolve(f"steps/{name}", entry.get("params", {}), what=f"step {name} (#{index + 1})")
         prepared.append((cls, entry, params))
+    image = job_image(job)
+    check_chain(job["job"], image, [{**entry, "params": params} for _, entry, params in prepared])
     _check_paths(job)
 
     store = DataStore()
@@ -286,12 +363,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             finally:
                 step.finalize()
             seconds = time.perf_counter() - clock
+            missing = [key for key, port in step.store.provides.items() if not port.optional and key not in store]
+            if missing:
+                raise StepError(f"step {cls.name} finished without putting {', '.join(map(repr, missing))} "
+                                f"in the data store, which it declares it provides")
             log.info("%s: done in %.3f s", cls.name, seconds)
             libraries.update(library_versions(cls.libraries))
             record["steps"].append({
-                "step": cls.name, "version": cls.version, "image": cls.image, "params": params,
+                "step": cls.name, "version": cls.version, "image": image, "params": params,
                 "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
-                "started": started, "ended": now(), "seconds": round(seconds, 6), "results": ctx.extra,
+                "started": started, "ended": now(), "seconds": round(seconds, 6), "results": ctx.results,
             })
         finals = outset.commit()
     except BaseException:

@@ -99,16 +99,26 @@ class OutputSet:
         self._created.clear()
 
 
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    import json
+def write_text_atomic(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (file ``mode`` if given)."""
+    import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.part-{os.getpid()}"
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.part-")  # unique per writer
+    tmp = Path(name)
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644 if mode is None else mode)  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike, data, mode: int | None = None) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_text_atomic`)."""
+    import json
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", mode)

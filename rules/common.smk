@@ -1,4 +1,6 @@
-# Config validation, planning, image digests, job files and provenance: shared by all pipelines.
+# The plan, job files, provenance and the run's lifecycle: shared by all pipelines.
+# Every path, image and resource of a job comes from the plan (daisy/plan.py, daisy/pipelines/);
+# a stage's rule takes them through daisy.workflow.rule_spec.
 
 import sys
 
@@ -12,21 +14,30 @@ if not config:
         "no config given: pass --configfile FILE (examples in .test/*/config.yaml) or use 'daisy run'"
     )
 
-# Validates the config (defaults filled in), plans the jobs, checks every image's sha256
-# against containers/images.lock.json and sets the container binds: nothing runs otherwise.
+# Validates the config (defaults filled in) and plans the jobs; nothing runs otherwise.
+# Image digests are checked in onstart, when jobs will run (not for --lint or --dry-run).
 try:
     RUN = daisy_workflow.setup(config)
 except daisy_workflow.SETUP_ERRORS as exc:  # one clear line: the field, file or image at fault
     raise WorkflowError(f"DAISY: {exc}") from None
 
 
+def stage(name):
+    """The directives of a stage's rule (patterns, image, inputs, resources), from the plan."""
+    return daisy_workflow.rule_spec(RUN, name)
+
+
+# Every step job: its chain of steps runs in one process in the stage's pinned image.
+JOB_SHELL = "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+
+
 rule job_file:
     output:
-        RUN.path("jobs", "{job}.json"),
+        RUN.job_file("{job}"),
     params:
         document=lambda wildcards: RUN.job_document(wildcards.job),
     log:
-        RUN.path("logs", "jobs", "{job}.log"),
+        RUN.log_file("jobs/{job}"),
     localrule: True
     run:
         daisy_workflow.write_job(output[0], params.document)
@@ -37,9 +48,9 @@ rule provenance:
         records=[RUN.record_file(name) for name in RUN.jobs],
         targets=RUN.targets,
     output:
-        RUN.path("provenance.json"),
+        RUN.provenance_file(),
     log:
-        RUN.path("logs", "provenance.log"),
+        RUN.log_file("provenance"),
     localrule: True
     run:
         from daisy import provenance
@@ -47,11 +58,13 @@ rule provenance:
         provenance.write(RUN, output[0])
 
 
-# While a run lasts its images stay mounted, so that jobs start on warm pages
-# (daisy/containers.py: ImageHolders); at the end, stop them and do not wait for Snakemake's
-# 1 s scheduler timer (daisy/workflow.py: release_scheduler_timers).
+# While jobs run: images verified against the lock, held mounted and warm (daisy/images/execute.py);
+# at the end, holders stopped without waiting for Snakemake's 1 s scheduler timer.
 onstart:
-    daisy_workflow.start_run(RUN, workflow)
+    try:
+        daisy_workflow.start_run(RUN, workflow)
+    except daisy_workflow.SETUP_ERRORS as exc:
+        raise WorkflowError(f"DAISY: {exc}") from None
 
 
 onsuccess:

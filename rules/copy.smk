@@ -1,17 +1,18 @@
-# The minimal pipeline: load one dataset and save it again, in the base image.
-
+# The minimal pipeline: load one dataset and save it again, in the base image (daisy/pipelines/copy.py).
 
 rule copy:
     input:
-        job=RUN.job_file("copy"),
-        data=RUN.inputs,
+        unpack(stage("copy").input),
     output:
-        data=RUN.targets[0],
-        record=RUN.record_file("copy"),
+        **stage("copy").output,
     log:
-        RUN.log_file("copy"),
+        stage("copy").log,
     container:
-        RUN.image("base")
-    threads: RUN.config["threads"]
+        stage("copy").container
+    threads: stage("copy").threads
+    resources:
+        **stage("copy").resources,
+    wildcard_constraints:
+        **stage("copy").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL

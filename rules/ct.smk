@@ -1,60 +1,55 @@
-# CT pipeline: raw projections -> reconstructed volume, in sinogram slabs (daisy/pipelines/ct.py).
-
-from daisy.pipelines import ct as ct_plan
-
+# CT pipeline: raw projections -> reconstructed volume, in sinogram slabs.
+# Stages, their step chains and outputs: daisy/pipelines/ct.py (the plan owns every path and resource).
 
 rule ct_center:
     input:
-        job=RUN.job_file("ct_center"),
-        raw=RUN.inputs,
+        unpack(stage("ct_center").input),
     output:
-        center=ct_plan.center_file(RUN),
-        record=RUN.record_file("ct_center"),
+        **stage("ct_center").output,
     log:
-        RUN.log_file("ct_center"),
+        stage("ct_center").log,
     container:
-        RUN.image("tomopy")
-    threads: RUN.config["threads"]
+        stage("ct_center").container
+    threads: stage("ct_center").threads
     resources:
-        mem_mb=lambda wildcards: RUN.jobs["ct_center"].mem_mb,
+        **stage("ct_center").resources,
+    wildcard_constraints:
+        **stage("ct_center").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL
 
 
 rule ct_slab:
     input:
-        job=RUN.path("jobs", "ct_slab_{slab}.json"),
-        raw=RUN.inputs,
-        center=[ct_plan.center_file(RUN)] if "ct_center" in RUN.jobs else [],
+        unpack(stage("ct_slab").input),
     output:
-        slab=RUN.path("ct", "slabs", "slab_{slab}.h5"),
-        record=RUN.path("records", "ct_slab_{slab}.json"),
-        previews=[ct_plan.sinogram_file(RUN, "{slab}")] if RUN.config["save"]["previews"] else [],
+        **stage("ct_slab").output,
     log:
-        RUN.path("logs", "ct_slab_{slab}.log"),
+        stage("ct_slab").log,
     container:
-        RUN.image("tomopy")
-    threads: RUN.config["threads"]
+        stage("ct_slab").container
+    threads: stage("ct_slab").threads
     resources:
-        mem_mb=lambda wildcards: RUN.jobs[f"ct_slab_{wildcards.slab}"].mem_mb,
+        **stage("ct_slab").resources,
     wildcard_constraints:
-        slab=r"\d{4}",
+        **stage("ct_slab").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL
 
 
 rule ct_gather:
     input:
-        job=RUN.job_file("ct_gather"),
-        slabs=[ct_plan.slab_file(RUN, i) for i in range(len(RUN.slabs))],
+        unpack(stage("ct_gather").input),
     output:
-        volume=ct_plan.volume_file(RUN),
-        previews=list(ct_plan.preview_files(RUN).values()) if RUN.config["save"]["previews"] else [],
-        tiff=[ct_plan.tiff_file(RUN)] if RUN.config["save"]["tiff"] else [],
-        record=RUN.record_file("ct_gather"),
+        **stage("ct_gather").output,
     log:
-        RUN.log_file("ct_gather"),
+        stage("ct_gather").log,
     container:
-        RUN.image("base")
+        stage("ct_gather").container
+    threads: stage("ct_gather").threads
+    resources:
+        **stage("ct_gather").resources,
+    wildcard_constraints:
+        **stage("ct_gather").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL

@@ -1,40 +1,37 @@
-# XRD pipeline: detector frames -> integrated patterns with pyFAI, in frame blocks (daisy/pipelines/xrd.py).
-
-from daisy.pipelines import xrd as xrd_plan
-
+# XRD pipeline: detector frames -> integrated patterns with pyFAI, in frame blocks.
+# Stages, their step chains and outputs: daisy/pipelines/xrd.py (the plan owns every path and resource).
 
 rule xrd_block:
     input:
-        job=RUN.path("jobs", "xrd_block_{block}.json"),
-        data=RUN.inputs,
+        unpack(stage("xrd_block").input),
     output:
-        block=RUN.path("xrd", "blocks", "block_{block}.h5"),
-        record=RUN.path("records", "xrd_block_{block}.json"),
+        **stage("xrd_block").output,
     log:
-        RUN.path("logs", "xrd_block_{block}.log"),
+        stage("xrd_block").log,
     container:
-        RUN.image("pyfai")
-    threads: RUN.config["threads"]
+        stage("xrd_block").container
+    threads: stage("xrd_block").threads
     resources:
-        mem_mb=2048,
+        **stage("xrd_block").resources,
     wildcard_constraints:
-        block=r"\d{4}",
+        **stage("xrd_block").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL
 
 
 rule xrd_gather:
     input:
-        job=RUN.job_file("xrd_gather"),
-        blocks=[xrd_plan.block_file(RUN, i) for i in range(len(RUN.blocks))],
+        unpack(stage("xrd_gather").input),
     output:
-        result=xrd_plan.result_file(RUN),
-        previews=list(xrd_plan.preview_files(RUN).values()) if RUN.config["save"]["previews"] else [],
-        xy=[directory(xrd_plan.xy_dir(RUN))] if RUN.config["save"]["xy"] else [],
-        record=RUN.record_file("xrd_gather"),
+        **stage("xrd_gather").output,
     log:
-        RUN.log_file("xrd_gather"),
+        stage("xrd_gather").log,
     container:
-        RUN.image("pyfai")
+        stage("xrd_gather").container
+    threads: stage("xrd_gather").threads
+    resources:
+        **stage("xrd_gather").resources,
+    wildcard_constraints:
+        **stage("xrd_gather").wildcard_constraints,
     shell:
-        "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+        JOB_SHELL

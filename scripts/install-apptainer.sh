@@ -217,8 +217,8 @@ add_subid() {  # add_subid FILE USER
 
 configure_shared_loop_devices() {
     # Containers of one image share its loop device, hence its squashfs page cache: DAISY keeps
-    # each image of a run mounted (daisy/containers.py: hold_images), so that a job's imports read
-    # warm pages (measured: a step that imports numpy + h5py starts in 0.18 s instead of 0.35 s).
+    # each image of a run mounted (daisy/images/execute.py: hold_images), so that a job's imports read
+    # warm pages (measured in docs/benchmarks.md: step start).
     local conf
     conf=$(apptainer_conf)
     if grep -Eq '^\s*shared loop devices\s*=\s*yes\s*$' "$conf"; then

@@ -18,10 +18,10 @@ sys.path.insert(0, str(REPO))
 
 def require_image(name: str) -> Path:
     """Path of a built image, or skip (locally) / fail (CI) with the reason."""
-    from daisy import containers
+    from daisy import images
 
     try:
-        path = containers.image_path(name)
+        path = images.image_path(name)
     except Exception as exc:  # ImageError: not built
         reason = f"image {name!r} not available: {exc}"
         if os.environ.get("CI"):

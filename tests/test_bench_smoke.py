@@ -80,3 +80,17 @@ def test_make_ct_data_is_cheap_and_reused(tmp_path):
         assert handle["/exchange/data"].shape == (10, 8, 32) and handle["/exchange/data"].dtype == "uint16"
         assert handle["/exchange/data"].chunks == (1, 8, 32) and handle["/exchange/data"].compression is None
         assert handle["/exchange/theta"].attrs["units"] == "deg"
+
+
+def test_bench_uses_the_tests_reference_scripts():
+    """The B side (the direct tomopy / pyFAI scripts) lives in tests/reference, the tests' oracles;
+    the benchmarks point there, and no copy of them is left in bench/ to drift apart."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    assert common.REFERENCE == REPO / "tests" / "reference"
+    for name in ("direct_tomopy.py", "direct_pyfai.py"):
+        assert (common.REFERENCE / name).is_file()
+        assert not (BENCH / name).exists()

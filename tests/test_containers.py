@@ -1,17 +1,19 @@
-"""Tests for daisy.containers.
+"""Tests for daisy.images (build, lock, verify, inspect, exec, holders, CLI) and daisy.hashing.
 
 Unit tests run anywhere (spython and apptainer are mocked; a throw-away repository layout in tmp_path).
 Integration tests (marker ``apptainer``) use the real images from ``containers/images.lock.json`` and the
-image cache; they skip when apptainer or a locked image is missing. Fixtures live here on purpose
-(tests/conftest.py belongs to the rest of the project).
+image cache; they skip locally and fail under CI when apptainer or a locked image is missing
+(``tests.conftest.require_image``).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import textwrap
 import time
@@ -20,7 +22,13 @@ from unittest import mock
 
 import pytest
 
-from daisy import containers as C
+from daisy import hashing, images
+from daisy.images import cli, execute, paths
+from daisy.images import inspect as image_inspect
+
+from .conftest import require_image
+
+build_module = importlib.import_module("daisy.images.build")  # daisy.images.build is the function
 
 MIRROR = "http://mirror.invalid/debian/"
 DEF = textwrap.dedent("""\
@@ -30,10 +38,12 @@ DEF = textwrap.dedent("""\
 
     %labels
         org.daisy.name demo
+        # a comment, not a label
         org.daisy.version 0.1.0
 
     %files
         envs/demo.debian.txt /opt/daisy-env/demo.debian.txt
+        # envs/commented-out.txt /nowhere
         envs/demo.pypi.txt /opt/daisy-env/demo.pypi.txt
 
     %post
@@ -56,10 +66,12 @@ def fake_repo(tmp_path, monkeypatch):
     (repo / "envs" / "demo.debian.txt").write_text("python3=3.13.5-1\n")
     (repo / "envs" / "demo.pypi.txt").write_text("hdf5plugin==7.1.0\n")
     (repo / "daisy_steps").mkdir()
-    monkeypatch.setattr(C, "REPO", repo)
-    monkeypatch.setattr(C, "CONTAINERS_DIR", repo / "containers")
-    monkeypatch.setattr(C, "LOCK_PATH", repo / "containers" / "images.lock.json")
-    monkeypatch.setattr(C, "STEPS_DIR", repo / "daisy_steps")
+    (repo / "schemas").mkdir()
+    monkeypatch.setattr(paths, "REPO", repo)
+    monkeypatch.setattr(paths, "CONTAINERS_DIR", repo / "containers")
+    monkeypatch.setattr(paths, "LOCK_PATH", repo / "containers" / "images.lock.json")
+    monkeypatch.setattr(paths, "STEPS_DIR", repo / "daisy_steps")
+    monkeypatch.setattr(paths, "SCHEMAS_DIR", repo / "schemas")
     monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DAISY_DEBIAN_MIRROR", MIRROR)
     return repo
@@ -79,46 +91,67 @@ def fake_tools(monkeypatch):
     client.execute.return_value = {"return_code": 0,
                                    "message": ["noise\n", "DAISY-MANIFEST " + json.dumps(MANIFEST) + "\n"]}
     client.inspect.return_value = {"attributes": {"labels": {"org.daisy.name": "demo"}}}
-    monkeypatch.setattr(C, "_run_build", fake_run_build)
-    monkeypatch.setattr(C, "_spython_client", lambda: client)
-    monkeypatch.setattr(C, "_apptainer_version", lambda: "1.4.5")
+    monkeypatch.setattr(build_module, "run_apptainer_build", fake_run_build)
+    monkeypatch.setattr(build_module, "apptainer_version", lambda: "1.4.5")
+    monkeypatch.setattr(image_inspect, "spython_client", lambda: client)
     calls["client"] = client
     return calls
 
 
+def _tamper(sif: Path, data: bytes = b"tampered") -> None:
+    sif.chmod(0o644)
+    sif.write_bytes(data)
+
+
 # ----------------------------------------------------------------------------------------- unit
+
+def test_public_api_is_exported():
+    for name in images.__all__:
+        assert getattr(images, name) is not None, name
+    assert images.register_cli is cli.register_cli
+    assert images.build is build_module.build
+
 
 def test_cache_dir_default_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv("DAISY_IMAGE_CACHE", raising=False)
-    assert C.cache_dir() == (Path.home() / ".cache" / "daisy" / "images").resolve()
+    assert images.cache_dir() == (Path.home() / ".cache" / "daisy" / "images").resolve()
     monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "c"))
-    assert C.cache_dir() == tmp_path / "c"
+    assert images.cache_dir() == tmp_path / "c"
 
 
 def test_cache_dir_refuses_repository(monkeypatch):
-    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(C.REPO / "cache"))
-    with pytest.raises(C.ImageError):
-        C.cache_dir()
+    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(paths.REPO / "cache"))
+    with pytest.raises(images.ImageError):
+        images.cache_dir()
 
 
 def test_debian_mirror_prefers_host_codename(monkeypatch):
     monkeypatch.delenv("DAISY_DEBIAN_MIRROR", raising=False)
     out = "bookworm-security http://sec.invalid/\nbookworm http://m.invalid/debian/\n"
-    monkeypatch.setattr(C.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, out, ""))
+    monkeypatch.setattr(paths.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, out, ""))
     with mock.patch.object(Path, "read_text", return_value='ID=debian\nVERSION_CODENAME=bookworm\n'):
-        assert C.debian_mirror() == "http://m.invalid/debian/"
+        assert paths.debian_mirror() == "http://m.invalid/debian/"
+
+
+def test_def_sections_is_the_one_parser(fake_repo):
+    sections = paths.def_sections(fake_repo / "containers/demo/demo.def")
+    assert sections[""] == ["Bootstrap: debootstrap", "OSVersion: trixie", "MirrorURL: {{ mirror }}"]
+    assert sections["%labels"] == ["org.daisy.name demo", "org.daisy.version 0.1.0"]
+    assert sections["%post"] == ["true"]
+    assert paths.def_label("demo", "org.daisy.version") == "0.1.0"
+    assert paths.def_label("demo", "org.daisy.nosuch") is None
 
 
 def test_definition_files_follow_percent_files(fake_repo):
-    files = [p.relative_to(fake_repo).as_posix() for p in C.definition_files("demo")]
+    files = [p.relative_to(fake_repo).as_posix() for p in paths.definition_files("demo")]
     assert files == ["containers/demo/demo.def", "containers/demo/image.json",
                      "envs/demo.debian.txt", "envs/demo.pypi.txt"]
 
 
 @pytest.mark.parametrize("change", ["def", "debian", "pypi", "image_json", "mirror"])
 def test_definition_key_changes(fake_repo, monkeypatch, change):
-    before = C.definition_key("demo")
-    assert C.definition_key("demo") == before            # stable
+    before = images.definition_key("demo")
+    assert images.definition_key("demo") == before            # stable
     if change == "def":
         p = fake_repo / "containers/demo/demo.def"
         p.write_text(p.read_text().replace("true", "echo hi"))
@@ -131,65 +164,67 @@ def test_definition_key_changes(fake_repo, monkeypatch, change):
         p.write_text(p.read_text().replace("test", "other"))
     else:
         monkeypatch.setenv("DAISY_DEBIAN_MIRROR", "http://other.invalid/debian/")
-    assert C.definition_key("demo") != before
+    assert images.definition_key("demo") != before
 
 
 def test_missing_files_source_is_an_error(fake_repo):
     (fake_repo / "envs/demo.pypi.txt").unlink()
-    with pytest.raises(C.ImageError, match="demo.pypi.txt"):
-        C.definition_key("demo")
+    with pytest.raises(images.ImageError, match="demo.pypi.txt"):
+        images.definition_key("demo")
 
 
 def test_build_writes_lock_and_reuses_cache(fake_repo, fake_tools):
     logs = []
-    entries = C.build(["demo"], log=logs.append)
+    entries = images.build(["demo"], log=logs.append)
     assert fake_tools["build"] == 1
-    text = C.LOCK_PATH.read_text()
-    lock = json.loads(text)
-    assert text == json.dumps(lock, indent=2, sort_keys=True) + "\n"   # sorted keys, stable format
-    assert lock["lock_version"] == 1
-    e = lock["images"]["demo"]
+    text = paths.LOCK_PATH.read_text()
+    locked = json.loads(text)
+    assert text == json.dumps(locked, indent=2, sort_keys=True) + "\n"   # sorted keys, stable format
+    assert stat.S_IMODE(paths.LOCK_PATH.stat().st_mode) == 0o644
+    assert locked["lock_version"] == 1
+    e = locked["images"]["demo"]
     assert e == entries[0]
     for field in ("name", "version", "definition_sha256", "image_sha256", "file", "size_bytes",
                   "build_seconds", "built_at", "apptainer_version", "manifest"):
         assert field in e, field
     assert e["version"] == "0.1.0" and e["apptainer_version"] == "1.4.5"
     assert e["manifest"] == MANIFEST
-    assert e["definition_sha256"] == C.definition_key("demo")
+    assert e["definition_sha256"] == images.definition_key("demo")
     assert e["file"] == f"demo-0.1.0@sha256-{e['image_sha256']}.sif"
-    sif = C.cache_dir() / e["file"]
+    sif = images.cache_dir() / e["file"]
     assert hashlib.sha256(sif.read_bytes()).hexdigest() == e["image_sha256"]
     assert e["size_bytes"] == sif.stat().st_size
-    assert C.image_path("demo") == sif
+    assert images.image_path("demo") == sif == images.locked_path("demo")
+    assert json.loads((sif.parent / (sif.name + ".json")).read_text()) == e   # the sidecar record
     assert "mirror.invalid" not in text and "mirror.invalid" not in "".join(logs)
-    assert not list(C.cache_dir().glob(".building-*"))
+    assert not list(images.cache_dir().glob(".building-*"))
     # spython guarded: sudo=False always
     assert fake_tools["client"].execute.call_args.kwargs["sudo"] is False
 
-    C.build(["demo"], log=logs.append)                 # cache hit: no rebuild
+    images.build(["demo"], log=logs.append)                 # cache hit: no rebuild
     assert fake_tools["build"] == 1
-    C.build(["demo"], force=True, log=logs.append)     # forced
+    images.build(["demo"], force=True, log=logs.append)     # forced
     assert fake_tools["build"] == 2
     (fake_repo / "envs/demo.debian.txt").write_text("python3=3.13.5-2\n")
-    C.build(["demo"], log=logs.append)                 # envs changed: rebuild, lock follows
+    images.build(["demo"], log=logs.append)                 # envs changed: rebuild, lock follows
     assert fake_tools["build"] == 3
-    assert C.load_lock()["images"]["demo"]["definition_sha256"] == C.definition_key("demo")
+    assert images.load_lock()["images"]["demo"]["definition_sha256"] == images.definition_key("demo")
 
 
 def test_build_refuses_version_label_mismatch(fake_repo, fake_tools):
     p = fake_repo / "containers/demo/image.json"
     p.write_text(p.read_text().replace("0.1.0", "0.2.0"))
-    with pytest.raises(C.ImageError, match="version"):
-        C.build(["demo"], log=lambda m: None)
+    with pytest.raises(images.ImageError, match="version"):
+        images.build(["demo"], log=lambda m: None)
     assert fake_tools["build"] == 0
 
 
 def test_manifest_failure_dict_raises(fake_repo, fake_tools):
     fake_tools["client"].execute.return_value = {"return_code": 255, "message": ["FATAL: boom"]}
-    with pytest.raises(C.ImageError, match="manifest"):
-        C.build(["demo"], log=lambda m: None)
-    assert "demo" not in C.load_lock()["images"]
-    assert not list(C.cache_dir().glob("*.sif"))
+    with pytest.raises(images.ImageError, match="manifest"):
+        images.build(["demo"], log=lambda m: None)
+    assert "demo" not in images.load_lock()["images"]
+    assert not list(images.cache_dir().glob("*.sif"))
 
 
 def test_failed_build_with_leftover_file_is_a_failure(fake_repo, tmp_path, monkeypatch):
@@ -198,53 +233,58 @@ def test_failed_build_with_leftover_file_is_a_failure(fake_repo, tmp_path, monke
     fake.write_text('#!/bin/sh\nfor a; do last2=$last; last=$a; done\necho "INFO:    Starting build..."\n'
                     'echo partial > "$last2"\necho "FATAL:   While performing build: boom" >&2\nexit 255\n')
     fake.chmod(0o755)
-    monkeypatch.setattr(C, "APPTAINER", str(fake))
-    target = C.cache_dir() / "x.sif"
+    monkeypatch.setattr(paths, "APPTAINER", str(fake))
+    target = images.cache_dir() / "x.sif"
     target.parent.mkdir(parents=True)
+    log_file = images.cache_dir() / "x.log"
     logs = []
-    with pytest.raises(C.ImageError, match="exit 255"):
-        C._run_build("demo", fake_repo / "containers/demo/demo.def", target, {"mirror": MIRROR}, False,
-                     C.cache_dir() / "x.log", logs.append)
+    with pytest.raises(images.ImageError, match="exit 255"):
+        build_module.run_apptainer_build("demo", fake_repo / "containers/demo/demo.def", target,
+                                         {"mirror": MIRROR}, False, log_file, logs.append)
     assert any("FATAL" in line for line in logs)
     assert not any(MIRROR in line for line in logs)
-    assert MIRROR in (C.cache_dir() / "x.log").read_text() or True   # the log lives outside the repo
+    assert "mirror=<host mirror>" in logs[0]
+    text = log_file.read_text()                                # the full output, outside the repository
+    assert "Starting build" in text and "FATAL:   While performing build: boom" in text
+    assert not log_file.resolve().is_relative_to(fake_repo)
+    assert not (images.cache_dir() / "build-tmp" / "demo").exists()   # private /tmp removed
 
 
 def test_verify_mismatch_names_image_and_both_digests(fake_repo, fake_tools):
-    C.build(["demo"], log=lambda m: None)
-    e = C.load_lock()["images"]["demo"]
-    sif = C.cache_dir() / e["file"]
-    assert C.verify() == []
-    assert C.verify_image("demo") == sif
-    sif.chmod(0o644)
-    sif.write_bytes(b"corrupted")
+    images.build(["demo"], log=lambda m: None)
+    e = images.load_lock()["images"]["demo"]
+    sif = images.cache_dir() / e["file"]
+    assert images.verify() == []
+    assert images.verify_image("demo") == sif
+    _tamper(sif, b"corrupted")
     actual = hashlib.sha256(b"corrupted").hexdigest()
-    problems = C.verify()
+    problems = images.verify()
     assert len(problems) == 1
     assert "demo" in problems[0] and e["image_sha256"] in problems[0] and actual in problems[0]
-    with pytest.raises(C.ImageDigestMismatch) as exc:
-        C.verify_image("demo")
+    with pytest.raises(images.ImageDigestMismatch) as exc:
+        images.verify_image("demo")
     msg = str(exc.value)
     assert "'demo'" in msg and e["image_sha256"] in msg and actual in msg
-    assert isinstance(exc.value, C.ImageError)
+    assert isinstance(exc.value, images.ImageError)
 
 
 def test_image_path_missing_says_build(fake_repo):
-    with pytest.raises(C.ImageError, match="daisy containers build demo"):
-        C.image_path("demo")
+    with pytest.raises(images.ImageError, match="daisy containers build demo"):
+        images.image_path("demo")
 
 
 def test_sha256_file_stat_cache(fake_repo, tmp_path):
     f = tmp_path / "big.bin"
     f.write_bytes(b"a" * 1000)
-    d1 = C.sha256_file(f)
-    assert d1 == hashlib.sha256(b"a" * 1000).hexdigest()
-    cache = json.loads((C.cache_dir() / "sha256-cache.json").read_text())
-    assert cache[str(f)]["sha256"] == d1
+    d1 = hashing.sha256_file(f)
+    assert d1 == hashlib.sha256(b"a" * 1000).hexdigest() == hashing.sha256_bytes(b"a" * 1000)
+    cache_file = images.cache_dir() / "sha256-cache.json"
+    assert json.loads(cache_file.read_text())[str(f)]["sha256"] == d1
+    assert stat.S_IMODE(cache_file.stat().st_mode) == 0o644
     with mock.patch("builtins.open", side_effect=AssertionError("re-read")):
-        assert C.sha256_file(f) == d1                   # served from the stat cache
-    f.write_bytes(b"b" * 1000)                          # same size, new mtime/ctime
-    assert C.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+        assert hashing.sha256_file(f) == d1                   # served from the stat cache
+    f.write_bytes(b"b" * 1000)                                # same size, new mtime/ctime
+    assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
 def test_sha256_files_hashes_misses_in_parallel_and_caches_all(fake_repo, tmp_path):
@@ -253,44 +293,67 @@ def test_sha256_files_hashes_misses_in_parallel_and_caches_all(fake_repo, tmp_pa
         f = tmp_path / f"f{i}.bin"
         f.write_bytes(bytes([i]) * (1000 + i))
         files.append(f)
-    C.sha256_file(files[0])                             # one already cached
-    digests = C.sha256_files(files, workers=3)
+    hashing.sha256_file(files[0])                             # one already cached
+    digests = hashing.sha256_files(files, workers=3)
     assert digests == {str(f.resolve()): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    cache = json.loads((C.cache_dir() / "sha256-cache.json").read_text())
+    cache = json.loads((images.cache_dir() / "sha256-cache.json").read_text())
     assert all(cache[str(f)]["sha256"] == digests[str(f)] for f in files)  # one write kept every entry
     with mock.patch("builtins.open", side_effect=AssertionError("re-read")):
-        assert C.sha256_files(files) == digests
+        assert hashing.sha256_files(files) == digests
+
+
+def test_bind_specs(fake_repo, tmp_path, monkeypatch):
+    inp, other, out = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    for folder in (inp, other, out):
+        folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    specs = images.bind_specs(binds_ro=["in", inp, other / ".." / "in", other, out],
+                              binds_rw=[out, "out"])
+    assert specs == [
+        f"{fake_repo / 'daisy_steps'}:/opt/daisy/daisy_steps:ro",   # the code first, read-only
+        f"{fake_repo / 'schemas'}:/opt/daisy/schemas:ro",
+        f"{inp}:{inp}:ro",                                         # relative and '..' paths made absolute,
+        f"{other}:{other}:ro",                                     # each folder once
+        f"{out}:{out}:rw",                                         # read-write wins over read-only
+    ]
+    assert all(Path(spec.split(":")[0]).is_absolute() for spec in specs)
+    assert images.bind_specs()[:2] == specs[:2]
+    with pytest.raises(images.ImageError, match="does not exist"):
+        images.bind_specs(binds_ro=[tmp_path / "nope"])
+    (tmp_path / "a,b").mkdir()
+    with pytest.raises(images.ImageError, match="may not contain"):
+        images.bind_specs(binds_rw=[tmp_path / "a,b"])
 
 
 def test_exec_argv(fake_repo, fake_tools, tmp_path):
-    C.build(["demo"], log=lambda m: None)
+    images.build(["demo"], log=lambda m: None)
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir(), out.mkdir()
-    argv = C.exec_argv("demo", ["python3", "-m", "daisy_steps.x"], binds_ro=[inp], binds_rw=[out], pwd=out,
-                       env={"OMP_NUM_THREADS": "2"})
+    argv = images.exec_argv("demo", ["python3", "-m", "daisy_steps.x"], binds_ro=[inp], binds_rw=[out], pwd=out,
+                            env={"OMP_NUM_THREADS": "2"})
     assert argv[:5] == ["apptainer", "exec", "--containall", "--cleanenv", "--no-home"]
+    binds = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--bind"]
+    assert binds == images.bind_specs(binds_ro=[inp], binds_rw=[out])
     joined = " ".join(argv)
-    assert f"--bind {fake_repo / 'daisy_steps'}:/opt/daisy/daisy_steps:ro" in joined
-    assert f"--bind {inp}:{inp}:ro" in joined and f"--bind {out}:{out}:rw" in joined
     assert f"--pwd {out}" in joined and "--env OMP_NUM_THREADS=2" in joined
-    assert argv[-4:] == [str(C.image_path("demo")), "python3", "-m", "daisy_steps.x"]
-    with pytest.raises(C.ImageError):
-        C.exec_argv("demo", ["true"], binds_ro=[tmp_path / "nope"])
+    assert argv[-4:] == [str(images.image_path("demo")), "python3", "-m", "daisy_steps.x"]
+    with pytest.raises(images.ImageError):
+        images.exec_argv("demo", ["true"], binds_ro=[tmp_path / "nope"])
 
 
-def test_run_in_image_verifies_first(fake_repo, fake_tools, monkeypatch):
-    C.build(["demo"], log=lambda m: None)
-    sif = C.image_path("demo")
-    sif.chmod(0o644)
-    sif.write_bytes(b"tampered")
-    monkeypatch.setattr(C.subprocess, "run", mock.Mock(side_effect=AssertionError("must not run")))
-    with pytest.raises(C.ImageDigestMismatch):
-        C.run_in_image("demo", ["true"])
+def test_run_job_in_image_verifies_first(fake_repo, fake_tools, tmp_path, monkeypatch):
+    from daisy import workflow
+
+    images.build(["demo"], log=lambda m: None)
+    _tamper(images.image_path("demo"))
+    monkeypatch.setattr(subprocess, "run", mock.Mock(side_effect=AssertionError("must not run")))
+    with pytest.raises(images.ImageDigestMismatch):
+        workflow.run_job_in_image("demo", {"job": "j", "steps": []}, tmp_path / "out" / "j.json", tmp_path / "out")
 
 
 def _cli(*argv):
     parser = argparse.ArgumentParser(prog="daisy")
-    C.register_cli(parser.add_subparsers(dest="command", required=True))
+    images.register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
     return args.func(args)
 
@@ -303,9 +366,7 @@ def test_cli(fake_repo, fake_tools, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "org.daisy.name = demo" in out and "numpy==2.2.4" in out and "python3=3.13.5-1" in out
     assert _cli("containers", "verify") == 0
-    sif = C.image_path("demo")
-    sif.chmod(0o644)
-    sif.write_bytes(b"x")
+    _tamper(images.image_path("demo"), b"x")
     assert _cli("containers", "verify") == 1
     err = capsys.readouterr().err
     assert "MISMATCH" in err and "'demo'" in err
@@ -313,144 +374,26 @@ def test_cli(fake_repo, fake_tools, capsys, tmp_path):
     assert "daisy containers build nosuch" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------------------- integration
-
-def _locked_images():
-    try:
-        return sorted(C.load_lock()["images"])
-    except C.ImageError:
-        return []
-
-
-def _need_image(name):
-    if shutil.which("apptainer") is None:
-        pytest.skip("apptainer not installed (scripts/install-apptainer.sh)")
-    try:
-        return C.image_path(name)
-    except C.ImageError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.mark.apptainer
-@pytest.mark.parametrize("name", ["base", "tomopy", "pyfai"])
-def test_image_selftest_passes(name):
-    sif = _need_image(name)
-    C.verify_image(name)
-    proc = subprocess.run(["apptainer", "test", str(sif)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"{name} ok" in proc.stdout
-
-
-@pytest.mark.apptainer
-def test_corrupted_copy_is_refused(tmp_path, monkeypatch):
-    sif = _need_image("base")
-    entry = C.load_lock()["images"]["base"]
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    copy = cache / sif.name
-    shutil.copyfile(sif, copy)
-    lock = tmp_path / "images.lock.json"
-    lock.write_text(json.dumps({"lock_version": 1, "images": {"base": entry}}))
-    monkeypatch.setattr(C, "LOCK_PATH", lock)
-    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(cache))
-    assert C.verify_image("base") == copy                  # intact copy passes
-    with open(copy, "r+b") as fh:                           # flip one byte in the middle
-        fh.seek(copy.stat().st_size // 2)
-        b = fh.read(1)
-        fh.seek(-1, os.SEEK_CUR)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    with pytest.raises(C.ImageDigestMismatch, match=entry["image_sha256"]):
-        C.verify_image("base")
-    with pytest.raises(C.ImageDigestMismatch):
-        C.run_in_image("base", ["true"])
-
-
-@pytest.mark.apptainer
-def test_readonly_input_and_writable_output(tmp_path):
-    _need_image("base")
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir(), out.mkdir()
-    (inp / "data.txt").write_text("raw")
-    script = (f"cat {inp}/data.txt > {out}/copy.txt; "
-              f"if touch {inp}/new 2>/dev/null; then echo WROTE; exit 3; fi; "
-              f"if echo x >> {inp}/data.txt 2>/dev/null; then echo APPENDED; exit 4; fi; echo RO-OK")
-    proc = subprocess.run(C.exec_argv("base", ["bash", "-c", script], binds_ro=[inp], binds_rw=[out], pwd=out),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "RO-OK" in proc.stdout
-    assert (out / "copy.txt").read_text() == "raw"
-    assert (inp / "data.txt").read_text() == "raw" and not (inp / "new").exists()
-
-
-@pytest.mark.apptainer
-def test_daisy_steps_visible_and_env_clean(tmp_path, monkeypatch):
-    _need_image("base")
-    steps = tmp_path / "daisy_steps"
-    steps.mkdir()
-    (steps / "__init__.py").write_text("")
-    (steps / "probe.py").write_text(
-        "import os, sys, numpy\n"
-        "print('PROBE', __file__, os.environ.get('DAISY_SECRET_PROBE'), os.environ.get('MKL_THREADING_LAYER'))\n")
-    monkeypatch.setattr(C, "STEPS_DIR", steps)
-    monkeypatch.setenv("DAISY_SECRET_PROBE", "leaked")
-    proc = C.run_in_image("base", ["python3", "-m", "daisy_steps.probe"], capture_output=True, text=True)
-    assert "PROBE /opt/daisy/daisy_steps/probe.py None SEQUENTIAL" in proc.stdout
-    # read-only: the container cannot modify step code
-    proc = subprocess.run(C.exec_argv("base", ["touch", "/opt/daisy/daisy_steps/x"]), capture_output=True)
-    assert proc.returncode != 0 and not (steps / "x").exists()
-
-
-@pytest.mark.apptainer
-def test_real_repo_daisy_steps_bound():
-    _need_image("base")
-    if not (C.REPO / "daisy_steps").is_dir():
-        pytest.skip("repository has no daisy_steps/ yet")
-    proc = C.run_in_image("base", ["ls", "/opt/daisy/daisy_steps"], capture_output=True, text=True)
-    assert sorted(proc.stdout.split()) == sorted(p.name for p in (C.REPO / "daisy_steps").iterdir())
+def test_prune_keeps_locked_images(fake_repo, fake_tools, capsys):
+    images.build(["demo"], log=lambda m: None)
+    old = images.load_lock()["images"]["demo"]["file"]
+    images.build(["demo"], force=True, log=lambda m: None)
+    new = images.load_lock()["images"]["demo"]["file"]
+    assert old != new and (images.cache_dir() / old).exists()
+    assert cli.prune(dry_run=True) == [images.cache_dir() / old] and (images.cache_dir() / old).exists()
+    assert _cli("containers", "prune") == 0
+    assert f"removed {old}" in capsys.readouterr().out
+    assert not (images.cache_dir() / old).exists() and not (images.cache_dir() / (old + ".json")).exists()
+    assert (images.cache_dir() / new).exists()
 
 
 def test_inspect_redacts_mirror_label(fake_repo, fake_tools, capsys):
     fake_tools["client"].inspect.return_value = {"attributes": {"labels": {
         "org.daisy.name": "demo", "org.label-schema.usage.singularity.deffile.mirrorurl": MIRROR}}}
-    C.build(["demo"], log=lambda m: None)
+    images.build(["demo"], log=lambda m: None)
     assert _cli("containers", "inspect", "demo") == 0
     out = capsys.readouterr().out
     assert "mirror.invalid" not in out and "redacted" in out
-
-
-def _loops(sif: Path) -> list[str]:
-    out = subprocess.run(["losetup", "-j", str(sif)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
-
-
-@pytest.mark.apptainer
-def test_image_holder_keeps_one_shared_mount_and_stops():
-    """While held, containers of the image share the holder's loop device (warm page cache);
-    released, the holder is gone and the image detached."""
-    sif = C.image_path("base")
-    if os.geteuid() != 0 or not C.loop_devices_shared() or shutil.which("losetup") is None:
-        pytest.skip("holders need root and 'shared loop devices = yes' (scripts/install-apptainer.sh)")
-    assert _loops(sif) == []
-    holders = C.hold_images({"base": ["numpy"]})
-    try:
-        assert len(holders.processes) == 1
-        for _ in range(100):
-            if _loops(sif):
-                break
-            time.sleep(0.05)
-        assert len(_loops(sif)) == 1
-        job = subprocess.Popen(C.exec_argv("base", ["sleep", "1"]))
-        time.sleep(0.5)
-        assert len(_loops(sif)) == 1  # the job shares the holder's loop device
-        assert job.wait(timeout=30) == 0
-    finally:
-        holders.release()
-    assert all(p.poll() is not None for p in holders.processes or []) and holders.processes == []
-    for _ in range(100):
-        if not _loops(sif):
-            break
-        time.sleep(0.05)
-    assert _loops(sif) == []
 
 
 def test_finish_run_cancels_snakemake_timers_and_releases_holders():
@@ -472,3 +415,155 @@ def test_finish_run_cancels_snakemake_timers_and_releases_holders():
     workflow.finish_run()
     timer.join(timeout=5)
     assert not timer.is_alive() and fired == [] and Holder.released and workflow._holders == []
+
+
+# ----------------------------------------------------------------------------------------- integration
+
+def _run_verified(name: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    images.verify_image(name)
+    return subprocess.run(images.exec_argv(name, argv), capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.apptainer
+@pytest.mark.parametrize("name", ["base", "tomopy", "pyfai"])
+def test_image_selftest_passes(name):
+    sif = require_image(name)
+    images.verify_image(name)
+    proc = subprocess.run(["apptainer", "test", str(sif)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{name} ok" in proc.stdout
+
+
+@pytest.mark.apptainer
+def test_corrupted_copy_is_refused(tmp_path, monkeypatch):
+    from daisy import workflow
+
+    sif = require_image("base")
+    entry = images.load_lock()["images"]["base"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    copy = cache / sif.name
+    shutil.copyfile(sif, copy)
+    lock_file = tmp_path / "images.lock.json"
+    lock_file.write_text(json.dumps({"lock_version": 1, "images": {"base": entry}}))
+    monkeypatch.setattr(paths, "LOCK_PATH", lock_file)
+    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(cache))
+    assert images.verify_image("base") == copy                  # intact copy passes
+    with open(copy, "r+b") as fh:                                # flip one byte in the middle
+        fh.seek(copy.stat().st_size // 2)
+        b = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(images.ImageDigestMismatch, match=entry["image_sha256"]):
+        images.verify_image("base")
+    with pytest.raises(images.ImageDigestMismatch):
+        workflow.run_job_in_image("base", {"job": "j", "steps": []}, tmp_path / "out" / "j.json", tmp_path / "out")
+
+
+@pytest.mark.apptainer
+def test_readonly_input_and_writable_output(tmp_path):
+    require_image("base")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir(), out.mkdir()
+    (inp / "data.txt").write_text("raw")
+    script = (f"cat {inp}/data.txt > {out}/copy.txt; "
+              f"if touch {inp}/new 2>/dev/null; then echo WROTE; exit 3; fi; "
+              f"if echo x >> {inp}/data.txt 2>/dev/null; then echo APPENDED; exit 4; fi; echo RO-OK")
+    proc = subprocess.run(images.exec_argv("base", ["bash", "-c", script], binds_ro=[inp], binds_rw=[out], pwd=out),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RO-OK" in proc.stdout
+    assert (out / "copy.txt").read_text() == "raw"
+    assert (inp / "data.txt").read_text() == "raw" and not (inp / "new").exists()
+
+
+@pytest.mark.apptainer
+def test_daisy_steps_visible_and_env_clean(tmp_path, monkeypatch):
+    require_image("base")
+    steps = tmp_path / "daisy_steps"
+    steps.mkdir()
+    (steps / "__init__.py").write_text("")
+    (steps / "probe.py").write_text(
+        "import os, sys, numpy\n"
+        "print('PROBE', __file__, os.environ.get('DAISY_SECRET_PROBE'), os.environ.get('MKL_THREADING_LAYER'))\n")
+    monkeypatch.setattr(paths, "STEPS_DIR", steps)
+    monkeypatch.setenv("DAISY_SECRET_PROBE", "leaked")
+    proc = _run_verified("base", ["python3", "-m", "daisy_steps.probe"])
+    assert "PROBE /opt/daisy/daisy_steps/probe.py None SEQUENTIAL" in proc.stdout, proc.stderr
+    # read-only: the container cannot modify step code
+    proc = subprocess.run(images.exec_argv("base", ["touch", "/opt/daisy/daisy_steps/x"]), capture_output=True)
+    assert proc.returncode != 0 and not (steps / "x").exists()
+
+
+@pytest.mark.apptainer
+def test_real_repo_daisy_steps_bound():
+    require_image("base")
+    proc = _run_verified("base", ["ls", "/opt/daisy/daisy_steps"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split()) == sorted(p.name for p in images.STEPS_DIR.iterdir())
+
+
+def _loops(sif: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-j", str(sif)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _process_tree(roots: list[int]) -> set[int]:
+    """``roots`` and all their descendants now running (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo += children.get(pid, [])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.apptainer
+def test_image_holder_keeps_one_shared_mount_and_stops():
+    """While held, containers of the image share the holder's loop device (warm page cache);
+    released, every holder process is gone and the image detached."""
+    sif = require_image("base")
+    if os.geteuid() != 0 or not execute.loop_devices_shared() or shutil.which("losetup") is None:
+        pytest.skip("holders need root and 'shared loop devices = yes' (scripts/install-apptainer.sh)")
+    assert _loops(sif) == []
+    holders = images.hold_images({"base": ["numpy"]})
+    try:
+        assert len(holders.processes) == 1
+        captured = list(holders.processes)
+        for _ in range(100):
+            if _loops(sif):
+                break
+            time.sleep(0.05)
+        assert len(_loops(sif)) == 1
+        job = subprocess.Popen(images.exec_argv("base", ["sleep", "1"]))
+        time.sleep(0.5)
+        assert len(_loops(sif)) == 1  # the job shares the holder's loop device
+        assert job.wait(timeout=30) == 0
+        held_pids = _process_tree([p.pid for p in captured])   # apptainer, starter, the container's sleep
+        assert all(_alive(pid) for pid in (p.pid for p in captured))
+    finally:
+        holders.release()
+    assert all(p.returncode is not None for p in captured)       # exited and reaped by release()
+    for _ in range(100):
+        if not any(_alive(pid) for pid in held_pids) and not _loops(sif):
+            break
+        time.sleep(0.05)
+    assert [pid for pid in held_pids if _alive(pid)] == []
+    assert _loops(sif) == []

@@ -15,6 +15,12 @@ USER = "daisy-ci-user"
 
 
 @pytest.fixture(scope="module")
+def base_image():
+    """The base image (checked before the user is made: skip or fail early without it)."""
+    return require_image("base")
+
+
+@pytest.fixture(scope="module")
 def ordinary_user():
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("needs root to create an ordinary user")
@@ -42,11 +48,10 @@ def shared_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_ordinary_user_can_exec_and_build(ordinary_user, shared_tmp):
-    image = require_image("base")
+def test_ordinary_user_can_exec_and_build(base_image, ordinary_user, shared_tmp):
     tmp_path = shared_tmp
     copy = tmp_path / "base.sif"
-    shutil.copyfile(image, copy)
+    shutil.copyfile(base_image, copy)
     copy.chmod(0o644)
     res = as_user(ordinary_user, f"apptainer exec --containall --cleanenv {copy} python3 -c 'import numpy, h5py; print(7*6)'",
                   str(tmp_path))

@@ -122,6 +122,28 @@ def test_params_checked_before_any_data(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_record_names_the_image_the_job_ran_in(tmp_path):
+    raw = _raw(tmp_path)
+    record = run_job(_job(raw, tmp_path / "out" / "o.h5", image={"name": "tomopy", "sha256": "0" * 64}))
+    assert [s["image"] for s in record["steps"]] == ["tomopy", "tomopy"]
+    record = run_job(_job(raw, tmp_path / "out2" / "o.h5"))  # a hand-written job names no image
+    assert [s["image"] for s in record["steps"]] == [None, None]
+
+
+def test_chain_is_checked_before_any_data(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    job = _job(raw, out)
+    job["steps"][1]["params"] = {"key": "volume"}
+    with pytest.raises(StepError, match=r"job t: step hdf5.save \(#2\) requires 'volume' .* the earlier steps "
+                                        r"provide 'data' \(hdf5.load\)"):
+        run_job(job)
+    job = _job(raw, out, image={"name": "gpu"})
+    with pytest.raises(StepError, match=r"job t: step hdf5.load \(#1\) cannot run in image 'gpu'"):
+        run_job(job)
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_may_not_overwrite_input(tmp_path):
     raw = _raw(tmp_path)
     with pytest.raises(StepError, match="would overwrite an input"):

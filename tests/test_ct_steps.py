@@ -13,12 +13,14 @@ Poisson noise at 10^4 photons). Thresholds, stated here and in docs/ct-steps.md:
   gridrec (parzen, found centre) < GRIDREC_MAX_ERR (0.65; measured 0.60: the 64-px phantom's
   one-pixel skull dominates), mlem (50 iterations, true centre) < MLEM_MAX_ERR (0.2; measured 0.14);
 * the volume of 3 slabs of uneven height (0:20, 20:46, 46:64) is bit-identical to one slab;
-* the volume is bit-identical to ``bench/direct_tomopy.py`` run in the same image.
+* the volume is bit-identical to ``tests/reference/direct_tomopy.py`` run in the same image.
+
+In-image jobs run as job documents through ``daisy.workflow.run_job_in_image``, the production way
+outside Snakemake (digest verified, step code at /opt/daisy as the pipelines' jobs get it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -42,6 +44,7 @@ from daisy_steps.ct import layouts  # noqa: E402
 from daisy_steps.ct.phantom import write_layout  # noqa: E402
 from daisy_steps.ct.slabs import plan_slabs  # noqa: E402
 from daisy_steps.errors import ParamError, StepError  # noqa: E402
+from daisy_steps.fileio import sha256_file  # noqa: E402
 from daisy_steps.params import resolve  # noqa: E402
 from daisy_steps.png import encode_png, to_uint8  # noqa: E402
 
@@ -52,10 +55,6 @@ CT_STEPS = ["ct.load", "ct.normalize", "ct.angles", "ct.minus_log", "ct.stripe",
 CENTER_TOL = 1.0
 GRIDREC_MAX_ERR = 0.65
 MLEM_MAX_ERR = 0.2
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def files_in(folder: Path) -> list[str]:
@@ -434,7 +433,7 @@ def test_gather_outputs_are_byte_reproducible(slab_folder):
     run_job(gather_job(run, bounds, out="a"))
     run_job(gather_job(run, bounds, out="b"))
     for name in ("volume.h5", "volume.tif", "xy.png", "xz.png", "yz.png"):
-        assert sha256(run / "a" / name) == sha256(run / "b" / name), name
+        assert sha256_file(run / "a" / name) == sha256_file(run / "b" / name), name
 
 
 def test_save_slab_is_byte_reproducible(tmp_path):
@@ -444,7 +443,7 @@ def test_save_slab_is_byte_reproducible(tmp_path):
     for name in ("a", "b"):
         run_job(job({"step": "hdf5.load", "inputs": {"source": f"{data}:/r"}, "params": {"key": "recon"}},
                     {"step": "ct.save_slab", "outputs": {"slab": str(tmp_path / f"{name}.h5")}}))
-    assert sha256(tmp_path / "a.h5") == sha256(tmp_path / "b.h5")
+    assert sha256_file(tmp_path / "a.h5") == sha256_file(tmp_path / "b.h5")
 
 
 @pytest.mark.parametrize("bounds,message", [([(0, 5), (6, 17)], "gap before slab"),
@@ -468,25 +467,32 @@ SLABS = [(0, 20), (20, 46), (46, SIZE)]
 RECON = {"algorithm": "gridrec", "filter_name": "parzen", "circ_mask_ratio": None}
 
 
-def image(name: str) -> Path:
-    """The locked image's SIF; skips locally (fails under CI) when it is not built."""
-    return require_image(name)
+REFERENCE = REPO / "tests" / "reference"
 
 
-def run_in(sif: Path, job_: dict, folder: Path, argv=None, check=True, timeout=600, binds=()):
-    """Run a job (or ``argv``) in an image with the repository's daisy_steps and schemas;
-    ``folder`` (the working directory) and ``binds`` are bound read-write."""
-    job_file = folder / f"{job_['job']}.job.json"
-    job_file.write_text(json.dumps(job_, indent=1))
-    argv = argv or ["python3", "-m", "daisy_steps", "run", "--job", str(job_file)]
-    extra = [arg for path in binds for arg in ("--bind", f"{path}:{path}")]
-    cmd = ["apptainer", "exec", "--containall", "--cleanenv", "--no-home",
-           "--bind", f"{REPO}:{REPO}:ro", "--bind", f"{folder}:{folder}", *extra, "--pwd", str(folder),
-           "--env", f"PYTHONPATH={REPO}", "--env", "MKL_THREADING_LAYER=SEQUENTIAL", str(sif), *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+def run_in_image(name: str, job_: dict, folder: Path, inputs=()) -> dict:
+    """Run a job document in image ``name`` the production way (``daisy.workflow.run_job_in_image``):
+    digest verified, the step code at /opt/daisy, ``folder`` (job file, outputs, record) bound
+    read-write, ``inputs`` read-only. Returns the job's record; a failed job raises StepError.
+    Skips locally (fails under CI) when the image is not built."""
+    from daisy.workflow import run_job_in_image
+
+    require_image(name)
+    document = {**job_, "image": {"name": name}}
+    document.setdefault("record", str(folder / f"{job_['job']}.rec.json"))
+    run_job_in_image(name, document, folder / f"{job_['job']}.job.json", folder, inputs=inputs)
+    return json.loads(Path(document["record"]).read_text())
+
+
+def probe_in_image(name: str, argv: list, binds_ro=(), binds_rw=()) -> str:
+    """stdout of a small command in image ``name``, with the production argv (``daisy.images.exec_argv``)."""
+    from daisy import images
+
+    require_image(name)
+    proc = subprocess.run(images.exec_argv(name, [str(a) for a in argv], binds_ro=binds_ro, binds_rw=binds_rw),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{argv[:2]} in image {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
 
 
 def slab_steps(raw: str, rows, center: str, out: str, stripe="fw", recon=None, angles=None):
@@ -502,7 +508,7 @@ def slab_steps(raw: str, rows, center: str, out: str, stripe="fw", recon=None, a
 @pytest.fixture(scope="module")
 def ct_run(tmp_path_factory):
     """Phantoms in the three layouts, the centre, and slab jobs: the shared work of the tests."""
-    tomopy_sif = image("tomopy")
+    require_image("tomopy")
     folder = tmp_path_factory.mktemp("ct")
     common = {"size": SIZE, "n_angles": N_ANGLES, "center_offset": OFFSET, "seed": SEED, "stripes": 3,
               "dead_pixels": 2}
@@ -511,8 +517,7 @@ def ct_run(tmp_path_factory):
              for layout, comp in (("nxtomo", "gzip"), ("dxchange", "bitshuffle-lz4"), ("daisy", "none"))]
     steps.append({"step": "sample.ct_phantom", "outputs": {"raw": str(folder / "nxtomo_again.h5")},
                   "params": {**common, "layout": "nxtomo", "compression": "gzip"}})
-    run_in(tomopy_sif, {**job(*steps, threads=2, name="phantoms"), "record": str(folder / "phantoms.rec.json")},
-           folder)
+    run_in_image("tomopy", job(*steps, threads=2, name="phantoms"), folder)
     raw = str(folder / "nxtomo.h5")
     mid = SIZE // 2
     center_job = job({"step": "ct.load", "inputs": {"raw": raw}, "params": {"row_start": mid - 4, "row_stop": mid + 4}},
@@ -523,21 +528,27 @@ def ct_run(tmp_path_factory):
                      {"step": "ct.find_center", "params": {"method": "entropy", "row": mid, "n_rows": 3},
                       "outputs": {"center": str(folder / "center_entropy.json")}},
                      threads=2, name="center")
-    run_in(tomopy_sif, {**center_job, "record": str(folder / "center.rec.json")}, folder)
+    run_in_image("tomopy", center_job, folder)
     center = str(folder / "center.json")
     (folder / "slabs").mkdir()
     for i, rows in enumerate(SLABS):
-        run_in(tomopy_sif, {**job(*slab_steps(raw, rows, center, str(folder / "slabs" / f"slab_{i}.h5")),
-                                  threads=2, name=f"slab{i}"), "record": str(folder / f"slab{i}.rec.json")}, folder)
+        run_in_image("tomopy", job(*slab_steps(raw, rows, center, str(folder / "slabs" / f"slab_{i}.h5")),
+                                   threads=2, name=f"slab{i}"), folder)
     for name in ("whole", "whole_again"):
-        run_in(tomopy_sif, {**job(*slab_steps(raw, (0, SIZE), center, str(folder / f"{name}.h5")), threads=2,
-                                  name=name), "record": str(folder / f"{name}.rec.json")}, folder)
+        run_in_image("tomopy", job(*slab_steps(raw, (0, SIZE), center, str(folder / f"{name}.h5")), threads=2,
+                                   name=name), folder)
     return folder
 
 
 def truth(folder: Path):
     with h5py.File(folder / "nxtomo.h5", "r") as handle:
         return handle["/truth/phantom"][()], float(handle["/truth"].attrs["center"])
+
+
+def detector_columns(folder: Path) -> int:
+    """The phantom's detector width, as sample.ct_phantom derived it (tomopy.project's padding)."""
+    with h5py.File(folder / "nxtomo.h5", "r") as handle:
+        return int(handle["/truth"].attrs["detector_columns"])
 
 
 def crop(recon: np.ndarray, size: int) -> np.ndarray:
@@ -551,13 +562,17 @@ def rel_error(recon: np.ndarray, phantom: np.ndarray) -> float:
 
 @pytest.mark.apptainer
 def test_phantom_is_deterministic_and_layouts_agree(ct_run):
-    assert sha256(ct_run / "nxtomo.h5") == sha256(ct_run / "nxtomo_again.h5")
+    assert sha256_file(ct_run / "nxtomo.h5") == sha256_file(ct_run / "nxtomo_again.h5")
     params = resolve("steps/ct.load", {})
     slabs = [layouts.read_slab(ct_run / f"{name}.h5", params) for name in ("nxtomo", "dxchange", "daisy")]
     for slab in slabs[1:]:
         for key in ("proj", "flat", "dark", "theta"):
             np.testing.assert_array_equal(getattr(slab, key), getattr(slabs[0], key))
-    assert slabs[0].proj.shape == (N_ANGLES, SIZE, 94)
+    columns = detector_columns(ct_run)
+    assert columns >= np.sqrt(2) * SIZE  # wide enough for the phantom's diagonal at every angle
+    assert slabs[0].proj.shape == (N_ANGLES, SIZE, columns)
+    record = json.loads((ct_run / "phantoms.rec.json").read_text())
+    assert record["steps"][0]["results"]["detector_shape"] == [SIZE, columns]
 
 
 @pytest.mark.apptainer
@@ -583,10 +598,11 @@ def test_chunked_run_is_bit_identical_to_unchunked(ct_run):
     with h5py.File(ct_run / "whole.h5", "r") as handle:
         whole = handle["/entry/recon/data"][()]
     chunked = np.concatenate(parts)
-    assert chunked.dtype == np.float32 and chunked.shape == whole.shape == (SIZE, 94, 94)
+    columns = detector_columns(ct_run)
+    assert chunked.dtype == np.float32 and chunked.shape == whole.shape == (SIZE, columns, columns)
     assert chunked.tobytes() == whole.tobytes()
     # the same job twice writes the same bytes
-    assert sha256(ct_run / "whole.h5") == sha256(ct_run / "whole_again.h5")
+    assert sha256_file(ct_run / "whole.h5") == sha256_file(ct_run / "whole_again.h5")
     rss = {name: json.loads((ct_run / f"{name}.rec.json").read_text())["steps"][-1]["results"]["peak_rss_mib"]
            for name in ("slab0", "slab1", "slab2", "whole")}
     print("peak RSS of the jobs (MiB):", rss)
@@ -598,25 +614,25 @@ def test_chunked_run_is_bit_identical_to_unchunked(ct_run):
 
 @pytest.mark.apptainer
 def test_gather_in_base_image_and_move(ct_run, tmp_path):
-    base_sif = image("base")
     run = tmp_path / "run"
     shutil.copytree(ct_run / "slabs", run / "slabs")
-    run_in(base_sif, gather_job(run, SLABS), tmp_path)
-    run_in(base_sif, gather_job(run, SLABS, out="again"), tmp_path)
+    run_in_image("base", gather_job(run, SLABS), tmp_path)
+    run_in_image("base", gather_job(run, SLABS, out="again"), tmp_path)
     for name in ("volume.h5", "volume.tif", "xy.png", "xz.png", "yz.png"):
-        assert sha256(run / "volume" / name) == sha256(run / "again" / name), name
+        assert sha256_file(run / "volume" / name) == sha256_file(run / "again" / name), name
     with h5py.File(ct_run / "whole.h5", "r") as handle:
         whole = handle["/entry/recon/data"][()]
     moved = tmp_path / "moved"
     shutil.move(str(run), str(moved))
     with h5py.File(moved / "volume" / "volume.h5", "r") as handle:
         assert handle["/entry/data/data"][()].tobytes() == whole.tobytes()
-    check = ("import h5py,hdf5plugin,sys; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; "
-             "print(d.shape, float(abs(d[()]).sum()))")
-    proc = run_in(base_sif, job(name="read"), tmp_path,
-                  argv=["python3", "-c", check, str(moved / "volume" / "volume.h5")])
-    assert proc.stdout.split(")")[0] == f"({SIZE}, 94, 94"
-    assert float(proc.stdout.split(")")[1]) == pytest.approx(float(np.abs(whole).sum()), rel=1e-5)
+    # the moved volume read in the image: its VDS sources resolve there too
+    check = ("import h5py,hdf5plugin,json,sys; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; "
+             "print(json.dumps([list(d.shape), float(abs(d[()]).sum())]))")
+    shape, total = json.loads(probe_in_image("base", ["python3", "-c", check, moved / "volume" / "volume.h5"],
+                                             binds_ro=[moved]))
+    assert tuple(shape) == whole.shape
+    assert total == pytest.approx(float(np.abs(whole).sum()), rel=1e-5)
 
 
 @pytest.mark.apptainer
@@ -634,8 +650,8 @@ def test_recon_error_against_phantom(ct_run):
     errors = {}
     for i, (label, (rows, center, recon)) in enumerate(runs.items()):
         out = ct_run / f"accuracy{i}.h5"
-        run_in(image("tomopy"), job(*slab_steps(raw, rows, center, str(out), stripe="none", recon=recon),
-                                    threads=2, name=f"accuracy{i}"), ct_run)
+        run_in_image("tomopy", job(*slab_steps(raw, rows, center, str(out), stripe="none", recon=recon),
+                                   threads=2, name=f"accuracy{i}"), ct_run)
         with h5py.File(out, "r") as handle:
             errors[label] = rel_error(crop(handle["/entry/recon/data"][()], SIZE), phantom[rows[0]:rows[1]])
     print("relative L2 error against the phantom:", {k: round(v, 4) for k, v in errors.items()})
@@ -653,29 +669,33 @@ def test_other_algorithms_stripe_methods_and_mask(ct_run):
     for name, (stripe, recon) in cases.items():
         steps += slab_steps(str(ct_run / "daisy.h5"), rows, str(ct_run / "center.json"), str(ct_run / f"{name}.h5"),
                             stripe=stripe, recon=recon)
-    record = run_in(image("tomopy"), {**job(*steps, threads=2, name="others"),
-                                      "record": str(ct_run / "others.rec.json")}, ct_run)
-    assert record.returncode == 0
+    record = run_in_image("tomopy", job(*steps, threads=2, name="others"), ct_run)
+    # the record names each chain's stripe method and algorithm, as asked
+    done = [(s["step"], s["results"]) for s in record["steps"]]
+    assert [r["method"] for step, r in done if step == "ct.stripe"] == [stripe for stripe, _ in cases.values()]
+    assert [r["algorithm"] for step, r in done if step == "ct.recon"] == list(cases)
+    columns = detector_columns(ct_run)
     for name in cases:
         with h5py.File(ct_run / f"{name}.h5", "r") as handle:
             dset = handle["/entry/recon/data"]
             data = dset[()]
             assert dset.attrs["algorithm"] == name and dset.attrs["row_offset"] == rows[0]
-        assert data.dtype == np.float32 and data.shape == (4, 94, 94) and np.isfinite(data).all()
+        assert data.dtype == np.float32 and data.shape == (4, columns, columns) and np.isfinite(data).all()
         assert np.abs(data).max() > 0
-    yy, xx = np.mgrid[0:94, 0:94] - 46.5
+    half = columns / 2
+    yy, xx = np.mgrid[0:columns, 0:columns] - (half - 0.5)
     with h5py.File(ct_run / "fbp.h5", "r") as handle:
         fbp = handle["/entry/recon/data"][()]
-    assert (fbp[:, np.hypot(yy, xx) > 0.9 * 47 + 1] == 0).all()
+    assert (fbp[:, np.hypot(yy, xx) > 0.9 * half + 1] == 0).all()
 
 
 @pytest.mark.apptainer
 def test_pipeline_matches_direct_tomopy_script(ct_run):
     center = json.loads((ct_run / "center.json").read_text())["center"]
-    run_in(image("tomopy"), job(name="direct"), ct_run,
-           argv=["python3", str(REPO / "bench" / "direct_tomopy.py"), str(ct_run / "nxtomo.h5"),
-                 str(ct_run / "direct.h5"), "--center", str(ct_run / "center.json"), "--stripe", "fw",
-                 "--algorithm", "gridrec", "--filter", "parzen", "--threads", "2"])
+    probe_in_image("tomopy", ["python3", REFERENCE / "direct_tomopy.py", ct_run / "nxtomo.h5", ct_run / "direct.h5",
+                              "--center", ct_run / "center.json", "--stripe", "fw", "--algorithm", "gridrec",
+                              "--filter", "parzen", "--threads", "2"],
+                   binds_ro=[REFERENCE], binds_rw=[ct_run])
     with h5py.File(ct_run / "direct.h5", "r") as handle:
         direct = handle["/entry/data/data"][()]
     with h5py.File(ct_run / "whole.h5", "r") as handle:
@@ -687,9 +707,10 @@ def test_pipeline_matches_direct_tomopy_script(ct_run):
 @pytest.mark.apptainer
 def test_bad_input_in_image_fails_and_leaves_no_output(ct_run, tmp_path):
     out = tmp_path / "out"
-    steps = slab_steps(str(ct_run / "dxchange.h5"), (0, 8), str(ct_run / "center.json"), str(out / "slab.h5"))
+    raw, center = ct_run / "dxchange.h5", ct_run / "center.json"
+    steps = slab_steps(str(raw), (0, 8), str(center), str(out / "slab.h5"))
     steps[0]["params"]["data_path"] = "/exchange/projections"
-    proc = run_in(image("tomopy"), job(*steps, name="bad"), tmp_path, check=False, binds=[ct_run])
-    assert proc.returncode == 2
-    assert "dxchange.h5: dataset /exchange/projections does not exist" in proc.stderr
+    with pytest.raises(StepError, match="dxchange.h5: dataset /exchange/projections does not exist"):
+        run_in_image("tomopy", job(*steps, name="bad"), tmp_path, inputs=[raw, center])
     assert not out.exists() or files_in(out) == []
+    assert not (tmp_path / "bad.rec.json").exists()

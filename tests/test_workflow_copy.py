@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -15,6 +16,16 @@ from .conftest import require_image
 from .workflow_helpers import REPO, daisy, holder_processes, snakemake
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
+
+
+def image_python(name: str) -> str:
+    """The Python version inside image ``name`` (what a job's record must name, not the host's)."""
+    from daisy import images
+
+    proc = subprocess.run(images.exec_argv(name, ["python3", "-c", "import sys; print(sys.version.split()[0])"]),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 @pytest.fixture
@@ -35,12 +46,12 @@ def test_plain_snakemake_runs_copy_in_image(workdir):
         np.testing.assert_array_equal(handle["/entry/data/data"][()], source["/entry/tomo"][()])
     assert sha256_file(raw) == before
     prov = json.loads((workdir / "results" / "copy" / "provenance.json").read_text())
-    from daisy import containers
-    assert prov["images"]["base"]["image_sha256"] == containers.load_lock()["images"]["base"]["image_sha256"]
+    from daisy import images
+    assert prov["images"]["base"]["image_sha256"] == images.load_lock()["images"]["base"]["image_sha256"]
     assert prov["outputs"][str(out.relative_to(workdir))]["sha256"] == sha256_file(out)
     assert prov["inputs"]["data/raw.h5"]["sha256"] == before
     record = prov["jobs"]["copy"]
-    assert record["image"]["name"] == "base" and record["libraries"]["python"].startswith("3.13")
+    assert record["image"]["name"] == "base" and record["libraries"]["python"] == image_python("base")
     # a second run has nothing to do
     again = snakemake(workdir, REPO / ".test" / "copy" / "config.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -59,12 +70,12 @@ def test_daisy_run_and_validate(workdir):
 
 
 def test_corrupted_image_refuses_the_run(workdir, tmp_path_factory):
-    from daisy import containers
+    from daisy import images
 
-    entry = containers.load_lock()["images"]["base"]
+    entry = images.load_lock()["images"]["base"]
     cache = tmp_path_factory.mktemp("cache")
-    copy = cache / containers.image_path("base").name
-    shutil.copyfile(containers.image_path("base"), copy)
+    copy = cache / images.image_path("base").name
+    shutil.copyfile(images.image_path("base"), copy)
     with open(copy, "r+b") as handle:  # flip one byte in the middle of the image
         handle.seek(copy.stat().st_size // 2)
         byte = handle.read(1)

@@ -1,8 +1,11 @@
 """XRD steps: simulated Eiger scans -> load -> mask -> integrate -> save_block -> gather.
 
 Host tests run the steps in this process (pyFAI from the test extras); the ``apptainer`` tests run
-a block job in the pyfai image. Frames are an Eiger 4M binned 4x4 (541 x 517 pixels) so the module
-stays fast; the geometry is the original design's (169 mm, 0.7293 Å, tilt 0.3753°).
+block and gather jobs in the pyfai image as job documents through ``daisy.workflow.run_job_in_image``
+(the production way outside Snakemake). The oracle is ``tests/reference/direct_pyfai.py``, the plain
+pyFAI script a user would write instead (also the benchmarks' B side). Frames are an Eiger 4M
+binned 4x4 (541 x 517 pixels) so the module stays fast; the geometry is the original design's
+(169 mm, 0.7293 Å, tilt 0.3753°).
 
 Peak tolerance: calibrant peaks (centroid of the mean pattern, 1000 points over ~34°, i.e. bins of
 0.034°) must lie within PEAK_TOL_DEG = 0.01° of pyFAI's calibrant 2θ (measured: ≤ 0.0015°).
@@ -14,7 +17,6 @@ import importlib.util
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -37,8 +39,9 @@ FIT2D = {"directDist": 169.0, "centerX": 1049.967 / BINNING, "centerY": 1063.892
 PEAK_TOL_DEG = 0.01
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("direct_pyfai", REPO / "bench" / "direct_pyfai.py")
+def _reference():
+    """tests/reference/direct_pyfai.py, the plain pyFAI script DAISY is compared with."""
+    spec = importlib.util.spec_from_file_location("direct_pyfai", REPO / "tests" / "reference" / "direct_pyfai.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -151,28 +154,47 @@ def test_sample_is_written_like_an_eiger(data):
 
 # --------------------------------------------------------------------------------------------- loading
 
-def test_load_frames_streams_in_batches(data):
+def test_load_frames_reads_no_frame_until_integrate_streams_them(data, monkeypatch):
+    """xrd.load_frames opens the scan from its headers only; the frames are read when a later step
+    iterates ``frames()`` (as xrd.integrate does): in order, across the master's data files, each
+    read once."""
+    import threading
+
     from daisy_steps.core import DataStore, JobContext
     from daisy_steps.fileio import OutputSet
     from daisy_steps.params import resolve
     from daisy_steps.xrd.steps import LoadFrames
 
     master = data / "raw/scan_00001_master.h5"
+    with h5py.File(master) as handle:
+        direct = np.concatenate([handle[f"/entry/data/data_00000{i}"][()] for i in (1, 2, 3)])
+    frame_reads = []  # every read of frame data: read_direct, or slicing a frame stack
+    read_direct, getitem = h5py.Dataset.read_direct, h5py.Dataset.__getitem__
+
+    def counted_read_direct(self, *args, **kwargs):
+        frame_reads.append(self.name)
+        return read_direct(self, *args, **kwargs)
+
+    def counted_getitem(self, key, *args, **kwargs):
+        if self.ndim == 3:
+            frame_reads.append(self.name)
+        return getitem(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "read_direct", counted_read_direct)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted_getitem)
     store = DataStore()
     ctx = JobContext({"source": str(master)}, {}, OutputSet(), 1, "xrd.load_frames")
     LoadFrames(resolve("steps/xrd.load_frames", {"start": 3, "stop": 11, "batch_frames": 3}), store, ctx).execute()
     source = store["frames"]
     assert source.kind == "eiger" and len(source) == 8 and source.shape == (541, 517)
-    assert not hasattr(source, "_data")  # nothing read yet
-    sizes, firsts = [], []
-    with h5py.File(master) as handle:
-        direct = np.concatenate([handle[f"/entry/data/data_00000{i}"][()] for i in (1, 2, 3)])
-    for first, block in source.batches():
-        sizes.append(len(block))
-        firsts.append(first)
-        assert np.array_equal(block, direct[first:first + len(block)])
-    assert max(sizes) <= 3 and sum(sizes) == 8 and firsts[0] == 3  # batches stop at data-file borders
-    assert ctx.extra["files"][1:] == [str(master.parent / f"scan_00001_data_00000{i}.h5") for i in (1, 2, 3)]
+    assert frame_reads == []  # opened from the headers: no frame read yet
+    assert not any(t.name == "daisy-read-ahead" for t in threading.enumerate())
+    assert ctx.results["files"] == [str(master)] + [str(master.parent / f"scan_00001_data_00000{i}.h5") for i in (1, 2, 3)]
+    seen = [(index, frame.copy()) for index, frame in source.frames()]
+    assert [i for i, _ in seen] == list(range(3, 11))
+    assert all(np.array_equal(frame, direct[i]) for i, frame in seen)
+    assert len(frame_reads) == len(source)  # one read per frame, none twice, none outside 3:11
+    assert not any(t.name == "daisy-read-ahead" for t in threading.enumerate())
 
 
 def test_frames_are_read_ahead_in_order_across_data_files(data):
@@ -250,7 +272,7 @@ def test_mask_semantics(data, tmp_path):
         ctx = JobContext({"source": str(source), **(inputs or {})}, {}, OutputSet(), 1, "t")
         LoadFrames(resolve("steps/xrd.load_frames", {}), store, ctx).execute()
         Mask(resolve("steps/xrd.mask", params), store, ctx).execute()
-        return store.get("mask"), ctx.extra["masked_pixels"]
+        return store.get("mask"), ctx.results["masked_pixels"]
 
     m, counts = mask(raw / "scan_00001_master.h5", {})
     assert np.array_equal(m, (pixel != 0).astype(np.uint8)) and counts["combined"] == int((pixel != 0).sum())
@@ -301,7 +323,7 @@ def test_equals_direct_pyfai_call(data, tmp_path, geometry):
     settings = dict(npt=500, radial_range=[10.0, 20.0], azimuth_range=[93.0, 115.0], method=["full", "csr", "cython"])
     record = run_job(job(block_steps(master, tmp_path / "b.h5", stop=6, geometry=geo, **settings)))
     kw = {"fit2d": FIT2D, "wavelength": WAVELENGTH} if geometry == "fit2d" else {"poni": geo["poni"]}
-    radial, intensity, _ = _bench().integrate(str(master), npt=500, radial_range=(10.0, 20.0),
+    radial, intensity, _ = _reference().integrate(str(master), npt=500, radial_range=(10.0, 20.0),
                                               azimuth_range=(93.0, 115.0), stop=6, **kw)
     with h5py.File(tmp_path / "b.h5") as handle:
         assert np.array_equal(handle["/entry/integrate_1d/two_theta"][()], radial)
@@ -324,10 +346,10 @@ def test_dark_flat_polarization_error_model_match_pyfai(data, tmp_path):
                         error_model="azimuthal", integrate_2d=True, npt_azim=18)
     steps[2]["inputs"] = {"dark": str(tmp_path / "cal.h5:/dark"), "flat": str(tmp_path / "cal.h5:/flat")}
     run_job(job(steps))
-    bench = _bench()
-    ai = bench.make_integrator((541, 517), fit2d=FIT2D, wavelength=WAVELENGTH)
-    mask = bench.pixel_mask(str(master))
-    frame = next(bench.read_frames(str(master)))
+    reference = _reference()
+    ai = reference.make_integrator((541, 517), fit2d=FIT2D, wavelength=WAVELENGTH)
+    mask = reference.pixel_mask(str(master))
+    frame = next(reference.read_frames(str(master)))
     kw = dict(unit="2th_deg", method=("full", "csr", "cython"), mask=mask, polarization_factor=0.99,
               dark=dark, flat=flat, error_model="azimuthal")
     r1 = ai.integrate1d(frame, 400, **kw)
@@ -464,31 +486,43 @@ def test_geometry_schema_errors():
 
 # --------------------------------------------------------------------------------------------- in the image
 
-@pytest.mark.apptainer
-def test_block_job_in_pyfai_image(data, single_block, tmp_path):
+def run_in_pyfai_image(steps, name, work: Path, inputs=()) -> dict:
+    """Run a job document in the pyfai image the production way (``daisy.workflow.run_job_in_image``:
+    digest verified, step code at /opt/daisy, ``work`` read-write, ``inputs`` read-only); its record."""
+    from daisy.workflow import run_job_in_image
+
     from tests.conftest import require_image
 
     require_image("pyfai")
-    from daisy import containers
+    document = {**job(steps, name, record=work / f"{name}.rec.json"), "image": {"name": "pyfai"}}
+    run_job_in_image("pyfai", document, work / f"{name}.job.json", work, inputs=inputs)
+    return json.loads((work / f"{name}.rec.json").read_text())
+
+
+def pinned_version(package: str, image: str = "pyfai") -> str:
+    """The version of ``package`` pinned for ``image`` in envs/<image>.pypi.txt."""
+    for line in (REPO / "envs" / f"{image}.pypi.txt").read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep and name.lower() == package.lower():
+            return version.strip()
+    raise AssertionError(f"{package} is not pinned in envs/{image}.pypi.txt")
+
+
+@pytest.mark.apptainer
+def test_block_job_in_pyfai_image(data, single_block, tmp_path):
+    from packaging.version import Version
 
     work = tmp_path / "work"
-    work.mkdir()
-    shutil.copytree(data / "raw", work / "raw")
-    steps = block_steps("raw/scan_00001_master.h5", "blocks/b0.h5", integrate_2d=True, npt_azim=36, npt=1000,
+    master = data / "raw/scan_00001_master.h5"
+    steps = block_steps(master, work / "blocks/b0.h5", integrate_2d=True, npt_azim=36, npt=1000,
                         geometry={"fit2d": FIT2D, "wavelength_angstrom": WAVELENGTH})
-    (work / "block.json").write_text(json.dumps(job(steps, "block", record="block.rec.json")))
-    gather_step = {"step": "xrd.gather", "inputs": {"block_0": "blocks/b0.h5"},
-                   "outputs": {"result": "out/scan_00001.h5", "pattern_png": "out/pattern.png", "cake_png": "out/cake.png"}}
-    (work / "gather.json").write_text(json.dumps(job([gather_step], "gather", record="gather.rec.json")))
-    schemas = REPO / "schemas"
-    for name in ("block", "gather"):
-        argv = containers.exec_argv("pyfai", ["python3", "-m", "daisy_steps", "run", "--job", f"{name}.json"],
-                                    binds_ro=[schemas], binds_rw=[work], pwd=work,
-                                    env={"DAISY_SCHEMAS": str(schemas), "OMP_NUM_THREADS": "2"})
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((work / "block.rec.json").read_text())
-    assert record["libraries"]["pyFAI"].startswith("2026.9")
+    record = run_in_pyfai_image(steps, "block", work, inputs=[master])
+    gather_step = {"step": "xrd.gather", "inputs": {"block_0": str(work / "blocks/b0.h5")},
+                   "outputs": {"result": str(work / "out/scan_00001.h5"), "pattern_png": str(work / "out/pattern.png"),
+                               "cake_png": str(work / "out/cake.png")}}
+    run_in_pyfai_image([gather_step], "gather", work)
+    assert Version(record["libraries"]["pyFAI"]) == Version(pinned_version("pyFAI"))
+    assert record["image"]["name"] == "pyfai"
     assert record["steps"][2]["results"]["method_used_1d"] == "full,csr,cython"
     with h5py.File(work / "out/scan_00001.h5") as image, h5py.File(single_block[0]) as host:
         a, b = image["/entry/integrate_1d/intensity"][()], host["/entry/integrate_1d/intensity"][()]
@@ -504,19 +538,10 @@ def test_block_job_in_pyfai_image(data, single_block, tmp_path):
 
 @pytest.mark.apptainer
 def test_failure_in_image_names_dataset_and_leaves_no_output(data, tmp_path):
-    from tests.conftest import require_image
-
-    require_image("pyfai")
-    from daisy import containers
-
     work = tmp_path / "work"
-    shutil.copytree(data / "raw", work / "raw")
-    steps = block_steps("raw/stack_00003.h5:/entry/data/nope", "out/b0.h5")
-    (work / "job.json").write_text(json.dumps(job(steps)))
-    argv = containers.exec_argv("pyfai", ["python3", "-m", "daisy_steps", "run", "--job", "job.json"],
-                                binds_ro=[REPO / "schemas"], binds_rw=[work], pwd=work,
-                                env={"DAISY_SCHEMAS": str(REPO / "schemas")})
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "dataset /entry/data/nope does not exist" in proc.stderr
+    stack = data / "raw/stack_00003.h5"
+    steps = block_steps(f"{stack}:/entry/data/nope", work / "out/b0.h5")
+    with pytest.raises(StepError, match="stack_00003.h5: dataset /entry/data/nope does not exist"):
+        run_in_pyfai_image(steps, "bad", work, inputs=[stack])
     assert files_in(work / "out") == []
+    assert not (work / "bad.rec.json").exists()

@@ -1,1 +1,2 @@
-"""Pipeline planners: each module's ``plan(run)`` fills ``run.jobs``, ``run.inputs`` and ``run.targets``."""
+"""Pipeline planners. Each module declares its ``STAGES`` (one Snakemake rule each: image and step
+chain) and a ``plan(run)`` that adds the stages' outputs and the jobs to a :class:`daisy.plan.Run`."""

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from daisy_steps.fileio import FileRef
 
-from ..workflow import Job, Run
+from ..plan import Run, Stage
 
-
-def output(run: Run) -> str:
-    return run.path("copy", "data.h5")
+STAGES = (Stage("copy", "copy", "base", ("hdf5.load", "hdf5.save"), doc="one dataset -> a new file"),)
 
 
 def plan(run: Run) -> None:
     cfg = run.config
-    source = FileRef.parse(cfg["input"])
-    run.inputs = [str(source.path)]
-    run.jobs["copy"] = Job("copy", "base", threads=cfg["threads"], steps=[
+    run.inputs = [str(FileRef.parse(cfg["input"]).path)]
+    run.add_stage(STAGES[0], {"data": "copy/data.h5"})
+    run.add_job("copy", [
         {"step": "hdf5.load", "inputs": {"source": cfg["input"]}, "params": {"key": "data"}},
-        {"step": "hdf5.save", "outputs": {"target": f"{output(run)}:/entry/data/data"}, "params": cfg["save"]},
-    ])
-    run.targets = [output(run)]
+        {"step": "hdf5.save", "outputs": {"target": f"{run.output('copy', 'data')}:/entry/data/data"},
+         "params": cfg["save"]},
+    ], threads=cfg["threads"], mem_mb=1024, runtime_min=15)

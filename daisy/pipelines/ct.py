@@ -19,7 +19,7 @@ from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
 from daisy_steps.h5 import get_dataset, open_file
 
-from ..workflow import Job, Run
+from ..plan import Run, Stage
 
 LOAD_KEYS = ("layout", "data_path", "flat_path", "dark_path", "image_key_path", "angles_path", "angle_units")
 
@@ -76,38 +76,14 @@ def _load(cfg: dict, start: int, stop: int) -> dict:
     return {"step": "ct.load", "inputs": {"raw": cfg["input"]["file"]}, "params": params}
 
 
+PREPARE = ("ct.normalize", "ct.angles", "ct.minus_log", "ct.stripe")
+
+
 def _prepare(cfg: dict) -> list[dict]:
     return [{"step": "ct.normalize", "params": cfg["normalize"]},
             {"step": "ct.angles", "params": cfg["angles"]},
             {"step": "ct.minus_log", "params": {}},
             {"step": "ct.stripe", "params": cfg["stripe"]}]
-
-
-def center_file(run: Run) -> str:
-    return run.path("ct", "center.json")
-
-
-def slab_file(run: Run, index: int) -> str:
-    return run.path("ct", "slabs", f"slab_{index:04d}.h5")
-
-
-def volume_file(run: Run) -> str:
-    return run.path("ct", "volume.h5")
-
-
-def preview_files(run: Run) -> dict[str, str]:
-    return {slot: run.path("ct", "previews", f"{slot.removeprefix('preview_')}.png")
-            for slot in ("preview_xy", "preview_xz", "preview_yz")}
-
-
-def sinogram_file(run: Run, index: int | str) -> str:
-    """PNG of the middle sinogram of slab ``index`` (each slab job writes its own)."""
-    index = f"{index:04d}" if isinstance(index, int) else index
-    return run.path("ct", "previews", f"sinogram_slab_{index}.png")
-
-
-def tiff_file(run: Run) -> str:
-    return run.path("ct", "volume.tif")
 
 
 def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
@@ -121,6 +97,30 @@ def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
     return start, start + n
 
 
+STAGES = (
+    Stage("ct", "ct_center", "tomopy", ("ct.load", *PREPARE, "ct.find_center"),
+          doc="rows around the centre row -> rotation centre"),
+    Stage("ct", "ct_slab", "tomopy", ("ct.load", *PREPARE, "ct.preview_sinogram", "ct.recon", "ct.save_slab"),
+          indexed=True, doc="one sinogram slab -> one slab of the volume"),
+    Stage("ct", "ct_gather", "base", ("ct.gather",), doc="slabs -> virtual volume, previews, TIFF"),
+)
+CENTER, SLAB, GATHER = STAGES
+
+
+def add_stages(run: Run) -> None:
+    """The run's stages and the outputs this config asks for."""
+    save = run.config["save"]
+    run.add_stage(CENTER, {"center": "ct/center.json"})
+    run.add_stage(SLAB, {"slab": "ct/slabs/slab_{index}.h5",
+                         **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {})})
+    gather = {"volume": "ct/volume.h5"}
+    if save["previews"]:
+        gather.update({f"preview_{axes}": f"ct/previews/{axes}.png" for axes in ("xy", "xz", "yz")})
+    if save["tiff"]:
+        gather["tiff"] = "ct/volume.tif"
+    run.add_stage(GATHER, gather)
+
+
 def plan(run: Run) -> None:
     cfg = run.config
     shape = raw_shape(cfg)
@@ -130,34 +130,29 @@ def plan(run: Run) -> None:
     manual = cfg["center"]["method"] == "manual"
     if manual and cfg["center"]["center"] is None:
         raise StepError("config field 'center.center' is required when 'center.method' is manual")
+    add_stages(run)
 
     if not manual:  # a manual centre needs no job: it goes straight into every slab's ct.recon
         start, stop = center_rows(cfg, shape[1])
         center_steps = [_load(cfg, start, stop), *_prepare(cfg),
-                        {"step": "ct.find_center", "params": cfg["center"], "outputs": {"center": center_file(run)}}]
-        run.jobs["ct_center"] = Job("ct_center", "tomopy", center_steps, threads, job_memory_mb(shape, stop - start))
+                        {"step": "ct.find_center", "params": cfg["center"],
+                         "outputs": {"center": run.output("ct_center", "center")}}]
+        run.add_job("ct_center", center_steps, threads=threads, mem_mb=job_memory_mb(shape, stop - start))
 
     recon = {**cfg["recon"], "center": cfg["center"]["center"] if manual else None}
-    center_input = {} if manual else {"center": center_file(run)}
+    center_input = {} if manual else {"center": run.output("ct_center", "center")}
     slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
     bounds = slab_bounds(cfg, shape)
     for index, (r0, r1) in enumerate(bounds):
-        name = f"ct_slab_{index:04d}"
         steps = [_load(cfg, r0, r1), *_prepare(cfg)]
         if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
             steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
-                          "outputs": {"png": sinogram_file(run, index)}})
+                          "outputs": {"png": run.output("ct_slab", "preview", index)}})
         steps += [{"step": "ct.recon", "params": recon, "inputs": center_input},
-                  {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": slab_file(run, index)}}]
-        run.jobs[name] = Job(name, "tomopy", steps, threads, job_memory_mb(shape, r1 - r0))
+                  {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": run.output("ct_slab", "slab", index)}}]
+        run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, r1 - r0))
 
-    outputs = {"volume": volume_file(run)}
-    if save["previews"]:
-        outputs.update(preview_files(run))
-    if save["tiff"]:
-        outputs["tiff"] = tiff_file(run)
-    gather = {"step": "ct.gather", "params": {},
-              "inputs": {f"slab{i:04d}": slab_file(run, i) for i in range(len(bounds))}, "outputs": outputs}
-    run.jobs["ct_gather"] = Job("ct_gather", "base", [gather], 1, 512)
-    run.targets = list(outputs.values()) + ([sinogram_file(run, i) for i in range(len(bounds))] if save["previews"] else [])
-    run.slabs = bounds
+    slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(bounds))}
+    outputs = {slot: run.output("ct_gather", slot) for slot in run.outputs["ct_gather"]}
+    gather = {"step": "ct.gather", "params": {}, "inputs": slabs, "outputs": outputs}
+    run.add_job("ct_gather", [gather], threads=1, mem_mb=512, runtime_min=15)

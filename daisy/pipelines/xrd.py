@@ -12,7 +12,7 @@ from pathlib import Path
 from daisy_steps.fileio import FileRef
 from daisy_steps.xrd.frames import open_source
 
-from ..workflow import Job, Run
+from ..plan import Output, Run, Stage
 
 
 def source_ref(cfg: dict) -> str:
@@ -41,29 +41,31 @@ def block_bounds(cfg: dict, start: int, stop: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def block_file(run: Run, index: int) -> str:
-    return run.path("xrd", "blocks", f"block_{index:04d}.h5")
-
-
 def scan_name(cfg: dict) -> str:
     stem = Path(cfg["input"]["file"]).stem
     return stem.removesuffix("_master")
 
 
-def result_file(run: Run) -> str:
-    name = run.config["save"]["filename"] or f"{scan_name(run.config)}_integrated.h5"
-    return run.path("xrd", name)
+STAGES = (
+    Stage("xrd", "xrd_block", "pyfai", ("xrd.load_frames", "xrd.mask", "xrd.integrate", "xrd.save_block"),
+          indexed=True, doc="one block of frames -> integrated patterns"),
+    Stage("xrd", "xrd_gather", "pyfai", ("xrd.gather",), doc="blocks in frame order -> the scan's result file"),
+)
+BLOCK, GATHER = STAGES
 
 
-def preview_files(run: Run) -> dict[str, str]:
-    out = {"pattern_png": run.path("xrd", "previews", "pattern.png")}
-    if run.config["integrate"].get("integrate_2d"):
-        out["cake_png"] = run.path("xrd", "previews", "cake.png")
-    return out
-
-
-def xy_dir(run: Run) -> str:
-    return run.path("xrd", "xy")
+def add_stages(run: Run) -> None:
+    """The run's stages and the outputs this config asks for."""
+    cfg = run.config
+    run.add_stage(BLOCK, {"block": "xrd/blocks/block_{index}.h5"})
+    gather: dict[str, Output | str] = {"result": f"xrd/{cfg['save']['filename'] or scan_name(cfg) + '_integrated.h5'}"}
+    if cfg["save"]["previews"]:
+        gather["pattern_png"] = "xrd/previews/pattern.png"
+        if cfg["integrate"].get("integrate_2d"):
+            gather["cake_png"] = "xrd/previews/cake.png"
+    if cfg["save"]["xy"]:
+        gather["xy"] = Output("xrd/xy", directory=True)
+    run.add_stage(GATHER, gather)
 
 
 def plan(run: Run) -> None:
@@ -72,12 +74,13 @@ def plan(run: Run) -> None:
     start, stop, files = scan_files(cfg)
     extra = [str(FileRef.parse(p).path) for p in (inp["dark"], inp["flat"], mask["file"]) if p]
     poni = cfg["integrate"].get("geometry", {}).get("poni")
-    run.inputs = [inp["file"], *[f for f in files if f != inp["file"]], *extra, *([poni] if poni else [])]
+    linked = [f for f in files if f != inp["file"]]  # an Eiger master's data files
+    run.inputs = [inp["file"], *linked, *extra, *([poni] if poni else [])]
+    add_stages(run)
     mask_params = {k: v for k, v in mask.items() if k != "file"}
     integrate_inputs = {k: inp[k] for k in ("dark", "flat") if inp[k]}
     bounds = block_bounds(cfg, start, stop)
     for index, (f0, f1) in enumerate(bounds):
-        name = f"xrd_block_{index:04d}"
         steps = [
             {"step": "xrd.load_frames", "inputs": {"source": source_ref(cfg)},
              "params": {"format": inp["format"], "start": f0, "stop": f1, "batch_frames": inp["batch_frames"]}},
@@ -85,16 +88,12 @@ def plan(run: Run) -> None:
              "inputs": {"user_mask": mask["file"]} if mask["file"] else {}},
             {"step": "xrd.integrate", "params": cfg["integrate"], "inputs": integrate_inputs},
             {"step": "xrd.save_block", "params": {"compression": cfg["save"]["compression"]},
-             "outputs": {"block": block_file(run, index)}},
+             "outputs": {"block": run.output("xrd_block", "block", index)}},
         ]
-        run.jobs[name] = Job(name, "pyfai", steps, cfg["threads"], 2048)
-    outputs = {"result": result_file(run)}
-    if cfg["save"]["previews"]:
-        outputs.update(preview_files(run))
-    if cfg["save"]["xy"]:
-        outputs["xy"] = xy_dir(run)
+        run.add_job("xrd_block", steps, index, threads=cfg["threads"], mem_mb=2048,
+                    extra_inputs=(*linked, *([poni] if poni else [])))
+    blocks = {f"block_{i:04d}": run.output("xrd_block", "block", i) for i in range(len(bounds))}
+    outputs = {slot: run.output("xrd_gather", slot) for slot in run.outputs["xrd_gather"]}
     gather = {"step": "xrd.gather", "params": {"compression": cfg["save"]["compression"]},
-              "inputs": {f"block_{i}": block_file(run, i) for i in range(len(bounds))}, "outputs": outputs}
-    run.jobs["xrd_gather"] = Job("xrd_gather", "pyfai", [gather], 1, 1024)
-    run.blocks = bounds
-    run.targets = list(outputs.values())
+              "inputs": blocks, "outputs": outputs}
+    run.add_job("xrd_gather", [gather], threads=1, mem_mb=1024, runtime_min=15)

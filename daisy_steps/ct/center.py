@@ -8,6 +8,7 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
+from ..ports import Port
 
 
 class FindCenter(Step):
@@ -23,8 +24,13 @@ class FindCenter(Step):
 
     name = "ct.find_center"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "tomopy", "scipy")
+    requires = {"proj": Port("ndarray", "minus-logged projections, float32 (not read by method manual)"),
+                "rows": Port("tuple", "(start, stop): the detector rows held (default: all of proj)",
+                             optional=True),
+                "theta": Port("ndarray", "rotation angles, radians (method entropy only)", optional=True)}
+    provides = {"center": Port("float", "rotation centre, pixels (tomopy's convention)")}
 
     def execute(self) -> None:
         p = self.params
@@ -39,9 +45,9 @@ class FindCenter(Step):
                 raise StepError(f"{self.name}: field 'center' is only used with method 'manual', not '{method}'")
             center, result = self._search(method)
         result["center"] = center
-        self.store["center"] = center
-        self.ctx.extra["center"] = center
-        self.ctx.extra["center_search"] = {k: v for k, v in result.items() if k != "center"}
+        self.store.put("center", center)
+        self.ctx.results["center"] = center
+        self.ctx.results["center_search"] = {k: v for k, v in result.items() if k != "center"}
         if self.ctx.has_output("center"):
             ref = self.ctx.output("center")
             ref.path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -51,7 +57,7 @@ class FindCenter(Step):
         import tomopy
 
         p = self.params
-        proj = self.store.require("proj", self.name)
+        proj = self.store.require("proj")
         if proj.dtype != np.float32:
             raise StepError(f"{self.name}: projections are {proj.dtype}; the centre is searched on "
                             f"minus-logged data (ct.normalize and ct.minus_log before ct.find_center)")
@@ -73,7 +79,7 @@ class FindCenter(Step):
                                           step=p["vo_step"], ratio=p["vo_ratio"], drop=p["vo_drop"],
                                           ncore=self.ctx.threads)
             else:
-                theta = self.store.require("theta", self.name)
+                theta = self.store.require("theta")
                 c = tomopy.find_center(proj, theta, ind=ind, init=p["entropy_init"], tol=p["entropy_tol"],
                                        mask=True, ratio=p["entropy_ratio"])
             per_row.append(float(np.asarray(c).reshape(-1)[0]))

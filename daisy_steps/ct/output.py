@@ -1,7 +1,8 @@
 """Output steps: save a reconstructed slab, gather slabs into one virtual volume (HDF5 VDS,
 NXdata) with an optional TIFF stack and PNG previews, and a PNG of one sinogram.
 
-Only numpy, h5py, hdf5plugin, tifffile and zlib: these run in the base image.
+Only numpy, h5py, hdf5plugin, tifffile and zlib: these run in the base image too (ct.gather
+not in the pyfai image, which has no tifffile).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..core import Step
 from ..errors import StepError
 from ..h5 import compression_options, get_dataset, open_file
 from ..png import to_uint8, write_png
+from ..ports import Port
 
 SLAB_DATASET = "/entry/recon/data"
 VOLUME_DATASET = "/entry/data/data"
@@ -47,12 +49,19 @@ class SaveSlab(Step):
 
     name = "ct.save_slab"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy", "base", "pyfai")  # numpy, h5py, hdf5plugin
     libraries = ("numpy", "h5py", "hdf5plugin")
+    requires = {"{key}": Port("ndarray", "the 3D slab to write, under the key named by parameter 'key'"),
+                "rows": Port("tuple", "(start, stop): its first detector row becomes row_offset "
+                                      "(default 0)", optional=True),
+                "detector_rows": Port("int", "the detector's total row count, saved as an attribute",
+                                      optional=True),
+                "recon_info": Port("dict", "reconstruction settings, saved as attributes", optional=True)}
+    provides: dict[str, Port] = {}
 
     def execute(self) -> None:
         p = self.params
-        data = np.asarray(self.store.require(p["key"], self.name))
+        data = np.asarray(self.store.require(p["key"]))
         if data.ndim != 3:
             raise StepError(f"{self.name}: '{p['key']}' has shape {data.shape}, not a 3D slab")
         rows = self.store.get("rows", (0, data.shape[0]))
@@ -73,7 +82,7 @@ class SaveSlab(Step):
             for key, value in info.items():
                 if value is not None:
                     dset.attrs[key] = value
-        self.ctx.extra.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
+        self.ctx.results.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
 
 
 def _slab_inputs(ctx, dataset: str) -> list[dict]:
@@ -136,8 +145,10 @@ class Gather(Step):
 
     name = "ct.gather"
     version = "1.0.0"
-    image = "base"
+    images = ("base", "tomopy")  # numpy, h5py, tifffile (not in the pyfai image)
     libraries = ("numpy", "h5py", "tifffile")
+    requires: dict[str, Port] = {}
+    provides: dict[str, Port] = {}
 
     def execute(self) -> None:
         p = self.params
@@ -171,7 +182,7 @@ class Gather(Step):
             dset.attrs["slab_files"] = np.array(sources, dtype=h5py.string_dtype())
             dset.attrs["slab_row_offsets"] = np.array([s["offset"] for s in slabs], dtype=np.int64)
         self._extras(slabs, (nz, ny, nx))
-        self.ctx.extra.update(shape=[nz, ny, nx], slabs=len(slabs), slab_files=sources,
+        self.ctx.results.update(shape=[nz, ny, nx], slabs=len(slabs), slab_files=sources,
                               row_offset=slabs[0]["offset"])
 
     def _slices(self, slabs):
@@ -215,15 +226,19 @@ class PreviewSinogram(Step):
 
     name = "ct.preview_sinogram"
     version = "1.0.0"
-    image = "base"
+    images = ("tomopy", "base", "pyfai")  # numpy and zlib
     libraries = ("numpy",)
+    requires = {"{key}": Port("ndarray", "projections (angles, rows, columns), under the key named by "
+                                         "parameter 'key'"),
+                "rows": Port("tuple", "(start, stop): the detector rows held (default: all)", optional=True)}
+    provides: dict[str, Port] = {}
 
     def execute(self) -> None:
         p = self.params
-        proj = self.store.require(p["key"], self.name)
+        proj = self.store.require(p["key"])
         r0, r1 = self.store.get("rows", (0, proj.shape[1]))
         row = (r0 + r1) // 2 if p["row"] is None else p["row"]
         if not r0 <= row < r1:
             raise StepError(f"{self.name}: row {row} is not among the loaded detector rows {r0}:{r1}")
         write_png(self.ctx.output("png").path, to_uint8(np.asarray(proj[:, row - r0, :]), p["low"], p["high"]))
-        self.ctx.extra.update(row=row, key=p["key"])
+        self.ctx.results.update(row=row, key=p["key"])

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core import Step
 from ..h5 import compression_options
+from ..ports import Port
 
 DARK_LEVEL = 100.0
 
@@ -35,8 +36,10 @@ class CTPhantom(Step):
 
     name = "sample.ct_phantom"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "h5py", "tomopy", "hdf5plugin")
+    requires: dict[str, Port] = {}
+    provides: dict[str, Port] = {}
 
     def execute(self) -> None:
         import tomopy
@@ -90,7 +93,7 @@ class CTPhantom(Step):
                                center_offset=p["center_offset"], seed=p["seed"], layout=p["layout"],
                                stripe_columns=stripe_cols.astype(np.int64),
                                dead_pixels=np.array(dead, dtype=np.int64).reshape(-1, 2))
-        self.ctx.extra.update(center=center, detector_shape=[rows, dx], n_angles=n_ang,
+        self.ctx.results.update(center=center, detector_shape=[rows, dx], n_angles=n_ang,
                               stripe_columns=stripe_cols.tolist(), dead_pixels=dead, attenuation_scale=scale)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
+from ..ports import Port
 
 
 class Normalize(Step):
@@ -24,15 +25,20 @@ class Normalize(Step):
 
     name = "ct.normalize"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "tomopy", "numexpr")
+    requires = {"proj": Port("ndarray", "raw projections, (angles, rows, columns)"),
+                "flat": Port("ndarray", "flat fields of the same rows"),
+                "dark": Port("ndarray", "dark fields of the same rows")}
+    provides = {"proj": Port("ndarray", "transmission, float32, finite and positive")}
+    consumes = ("flat", "dark")
 
     def execute(self) -> None:
         import tomopy
 
-        proj = self.store.require("proj", self.name)
-        flat = self.store.require("flat", self.name)
-        dark = self.store.require("dark", self.name)
+        proj = self.store.require("proj")
+        flat = self.store.require("flat")
+        dark = self.store.require("dark")
         p = self.params
         if flat.shape[1:] != proj.shape[1:] or dark.shape[1:] != proj.shape[1:]:
             raise StepError(f"{self.name}: flats {flat.shape} / darks {dark.shape} do not have the frame shape "
@@ -60,9 +66,10 @@ class Normalize(Step):
         n_low = int(np.count_nonzero(low))
         if n_low:
             out[low] = np.float32(p["min_transmission"])
-        del self.store["flat"], self.store["dark"]
-        self.store["proj"] = out
-        self.ctx.extra.update(dead_pixels=n_dead, non_finite_values=n_bad, clipped_low=n_low)
+        self.store.discard("flat")
+        self.store.discard("dark")
+        self.store.put("proj", out)
+        self.ctx.results.update(dead_pixels=n_dead, non_finite_values=n_bad, clipped_low=n_low)
         if n_dead or n_bad:
             self.log.warning("%d dead detector pixels (flat - dark < %g) and %d non-finite values set to %g",
                              n_dead, p["min_flat_minus_dark"], n_bad, p["dead_value"])
@@ -73,11 +80,15 @@ class Angles(Step):
 
     name = "ct.angles"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy", "base", "pyfai")  # numpy only
     libraries = ("numpy",)
+    requires = {"proj": Port("ndarray", "projections (only their count is used)"),
+                "theta_file": Port("ndarray", "angles read from the raw file, radians", optional=True),
+                "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
+    provides = {"theta": Port("ndarray", "the rotation angles the reconstruction uses, radians float32")}
 
     def execute(self) -> None:
-        proj = self.store.require("proj", self.name)
+        proj = self.store.require("proj")
         count = proj.shape[0]
         p = self.params
         source = p["source"]
@@ -94,8 +105,8 @@ class Angles(Step):
         else:
             theta = np.linspace(np.deg2rad(p["start_deg"]), np.deg2rad(p["end_deg"]), count,
                                 endpoint=p["endpoint"]).astype(np.float32)
-        self.store["theta"] = theta
-        self.ctx.extra.update(angle_source=source, n_angles=int(count),
+        self.store.put("theta", theta)
+        self.ctx.results.update(angle_source=source, n_angles=int(count),
                               first_deg=float(np.rad2deg(theta[0])), last_deg=float(np.rad2deg(theta[-1])))
 
 
@@ -104,13 +115,15 @@ class MinusLog(Step):
 
     name = "ct.minus_log"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "tomopy", "numexpr")
+    requires = {"proj": Port("ndarray", "transmission, float32 (ct.normalize)")}
+    provides = {"proj": Port("ndarray", "attenuation -log(transmission), float32, in place")}
 
     def execute(self) -> None:
         import tomopy
 
-        proj = self.store.require("proj", self.name)
+        proj = self.store.require("proj")
         if proj.dtype != np.float32:
             raise StepError(f"{self.name}: projections are {proj.dtype}, not normalized float32; "
                             f"put ct.normalize before ct.minus_log")
@@ -119,7 +132,7 @@ class MinusLog(Step):
         if bad:
             raise StepError(f"{self.name}: {bad} non-finite values after minus-log (transmission <= 0); "
                             f"ct.normalize's guard prevents this")
-        self.store["proj"] = out
+        self.store.put("proj", out)
 
 
 def fw_level(shape) -> int:
@@ -133,14 +146,16 @@ class Stripe(Step):
 
     name = "ct.stripe"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "tomopy", "pywt")
+    requires = {"proj": Port("ndarray", "attenuation, float32 (ct.minus_log)")}
+    provides = {"proj": Port("ndarray", "attenuation with stripes removed (unchanged for method none)")}
 
     def execute(self) -> None:
-        proj = self.store.require("proj", self.name)
+        proj = self.store.require("proj")
         p = self.params
         method = p["method"]
-        self.ctx.extra["method"] = method
+        self.ctx.results["method"] = method
         if method == "none":
             return
         import tomopy
@@ -150,11 +165,11 @@ class Stripe(Step):
             # tomopy's default level counts the slab height too (max of the 3D shape), so slabs of
             # different heights would be filtered differently: use the sinogram's size only
             level = p["fw_level"] or fw_level(proj.shape)
-            self.ctx.extra["fw_level"] = level
+            self.ctx.results["fw_level"] = level
             out = tomopy.remove_stripe_fw(proj, level=level, wname=p["fw_wname"], sigma=p["fw_sigma"],
                                           pad=p["fw_pad"], ncore=n)
         elif method == "ti":
             out = tomopy.remove_stripe_ti(proj, nblock=p["ti_nblock"], alpha=p["ti_alpha"], ncore=n)
         else:
             out = tomopy.remove_stripe_sf(proj, size=p["sf_size"], ncore=n)
-        self.store["proj"] = np.asarray(out, dtype=np.float32)
+        self.store.put("proj", np.asarray(out, dtype=np.float32))

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
+from ..ports import Port
 
 ANALYTIC = ("gridrec", "fbp")
 ITERATIVE = ("sirt", "mlem")
@@ -42,15 +43,23 @@ class Recon(Step):
 
     name = "ct.recon"
     version = "1.0.0"
-    image = "tomopy"
+    images = ("tomopy",)
     libraries = ("numpy", "tomopy")
+    requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
+                "theta": Port("ndarray", "rotation angles, radians (ct.angles)"),
+                "center": Port("float", "rotation centre from ct.find_center earlier in the job (used when "
+                                        "neither the field center nor the input slot center is given)",
+                               optional=True)}
+    provides = {"recon": Port("ndarray", "the reconstructed slab, (rows, N, N) float32"),
+                "recon_info": Port("dict", "algorithm, centre and options used (saved as attributes)")}
+    consumes = ("proj",)
 
     def execute(self) -> None:
         import tomopy
 
         p = self.params
-        proj = self.store.require("proj", self.name)
-        theta = self.store.require("theta", self.name)
+        proj = self.store.require("proj")
+        theta = self.store.require("theta")
         if proj.dtype != np.float32:
             raise StepError(f"{self.name}: projections are {proj.dtype}; reconstruct minus-logged float32 data")
         if theta.size != proj.shape[0]:
@@ -70,7 +79,7 @@ class Recon(Step):
                              sinogram_order=False, ncore=self.ctx.threads,
                              nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
         del proj
-        self.store.pop("proj", None)  # free the slab's projections before masking
+        self.store.discard("proj")  # free the slab's projections before masking
         recon = np.asarray(recon, dtype=np.float32)
         if p["circ_mask_ratio"] is not None:
             recon = tomopy.circ_mask(recon, axis=0, ratio=p["circ_mask_ratio"], val=p["circ_mask_value"],
@@ -78,9 +87,9 @@ class Recon(Step):
             recon = np.asarray(recon, dtype=np.float32)
         info = {"algorithm": algorithm, "center": center, "center_source": source, **kwargs,
                 "clip_negative": clip, "circ_mask_ratio": p["circ_mask_ratio"]}
-        self.store["recon"] = recon
-        self.store["recon_info"] = info
-        self.ctx.extra.update(info, shape=list(recon.shape))
+        self.store.put("recon", recon)
+        self.store.put("recon_info", info)
+        self.ctx.results.update(info, shape=list(recon.shape))
 
     def _center(self) -> tuple[float, str]:
         if self.params["center"] is not None:
@@ -89,6 +98,6 @@ class Recon(Step):
             ref = self.ctx.input("center")
             return read_center(ref.path), str(ref.path)
         if "center" in self.store:
-            return float(self.store["center"]), "ct.find_center"
+            return float(self.store.require("center")), "ct.find_center"
         raise StepError(f"{self.name}: no rotation centre: give the field 'center', the input slot 'center' "
                         f"(a ct.find_center output) or run ct.find_center earlier in the job")

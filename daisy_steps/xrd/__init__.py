@@ -5,9 +5,8 @@ process; ``xrd.gather`` joins the block files of a scan into one NeXus file with
 ``sample.xrd_eiger`` writes simulated calibrant scans as an Eiger detector would.
 See ``docs/xrd-steps.md``.
 
-Data-store keys: ``frames`` (a :class:`~daisy_steps.xrd.frames.FrameSource`, streamed, never
-read whole), ``mask`` (uint8 array, 1 = excluded pixel) and ``xrd`` (an
-:class:`~daisy_steps.xrd.results.XRDResult`).
+The data-store keys each step reads and writes (``frames``, ``mask``, ``xrd``) are declared on
+its class (``requires``, ``provides``) and listed in ``docs/steps.md``.
 """
 
 FRAMES_KEY = "frames"

@@ -24,6 +24,7 @@ import numpy as np
 from ..core import Step
 from ..errors import StepError
 from ..h5 import compression_options
+from ..ports import Port
 
 EIGER4M_SHAPE = (2167, 2070)
 PIXEL_UM = 75.0
@@ -75,8 +76,10 @@ class SampleXRDEiger(Step):
 
     name = "sample.xrd_eiger"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai",)
     libraries = ("numpy", "h5py", "hdf5plugin", "pyFAI")
+    requires: dict[str, Port] = {}
+    provides: dict[str, Port] = {}
 
     def initialize(self) -> None:
         p = self.params
@@ -160,7 +163,7 @@ class SampleXRDEiger(Step):
                                              chunks=True, compression="gzip")
                 dset.attrs["long_name"] = "1 = pixel excluded (module gaps, dead and hot pixels)"
         tth = np.degrees(calibrant.get_2th())
-        self.ctx.extra.update({
+        self.ctx.results.update({
             "shape": list(shape), "frames": n, "data_files": files, "calibrant": p["calibrant"],
             "masked_pixels": int((pixel_mask != 0).sum()),
             "calibrant_2theta_deg_first": [round(float(t), 5) for t in tth[:6]],

@@ -16,22 +16,22 @@ import numpy as np
 
 from ..core import Step
 from ..errors import StepError
+from ..ports import Port
 from . import FRAMES_KEY, MASK_KEY, RESULT_KEY
 from .frames import ArraySource, FrameSource, open_source, read_image
 from .results import UNITS, ResultFile, ResultWriter, XRDResult, mask_digest, write_result
 
 PYFAI_LIBS = ("numpy", "h5py", "hdf5plugin", "pyFAI", "fabio")
+FRAMES_IN = Port("frames", "the frames to process (xrd.load_frames, or an array from hdf5.load with key 'frames')")
 
 
-
-
-def frame_source(store, step: str) -> FrameSource:
-    frames = store.require(FRAMES_KEY, step)
+def frame_source(store) -> FrameSource:
+    frames = store.require(FRAMES_KEY)
     if isinstance(frames, FrameSource):
         return frames
     if isinstance(frames, np.ndarray):
         return ArraySource(frames)
-    raise StepError(f"step {step}: '{FRAMES_KEY}' in the data store is a {type(frames).__name__}, "
+    raise StepError(f"step {store.step}: '{FRAMES_KEY}' in the data store is a {type(frames).__name__}, "
                     f"not frames; put xrd.load_frames (or hdf5.load with key 'frames') first")
 
 
@@ -44,14 +44,16 @@ class LoadFrames(Step):
 
     name = "xrd.load_frames"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai",)  # fabio
     libraries = ("numpy", "h5py", "hdf5plugin", "fabio")
+    requires: dict[str, Port] = {}
+    provides = {FRAMES_KEY: Port("frames", "the scan's frames start:stop, opened lazily (read while integrating)")}
 
     def execute(self) -> None:
         p = self.params
         source = open_source(self.ctx.input("source"), p["format"], p["start"], p["stop"], p["batch_frames"])
-        self.store[FRAMES_KEY] = source
-        self.ctx.extra.update(source.describe())
+        self.store.put(FRAMES_KEY, source)
+        self.ctx.results.update(source.describe())
         self.log.info("%s: %s frames %d:%d of %d, %s %s", source.kind, source.label, source.start,
                       source.stop, source.n_total, source.shape, source.dtype)
 
@@ -65,12 +67,16 @@ class Mask(Step):
 
     name = "xrd.mask"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai",)  # fabio (user masks)
     libraries = ("numpy", "h5py", "fabio")
+    requires = {FRAMES_KEY: FRAMES_IN}
+    provides = {MASK_KEY: Port("ndarray", "combined mask, uint8, 1 = pixel excluded (absent with neither a "
+                                          "pixel mask nor a user mask: pyFAI then uses the detector's own)",
+                               optional=True)}
 
     def execute(self) -> None:
         p = self.params
-        source = frame_source(self.store, self.name)
+        source = frame_source(self.store)
         shape = source.shape
         mask = np.zeros(shape, dtype=bool)
         counts: dict[str, Any] = {}
@@ -103,16 +109,16 @@ class Mask(Step):
             # nothing to combine: leave the store without a mask, so that pyFAI applies the
             # detector's own mask (e.g. the module gaps of a PONI file's Eiger4M)
             self.log.warning("no pixel mask and no user mask: integrating with the detector's own mask, if any")
-            self.store.pop(MASK_KEY, None)
+            self.store.discard(MASK_KEY)
         else:
-            self.store[MASK_KEY] = mask.astype(np.uint8)
+            self.store.put(MASK_KEY, mask.astype(np.uint8))
         if self.ctx.has_output("mask"):
             from ..h5 import write_array
 
             ref = self.ctx.output("mask")
             write_array(ref if ref.dataset else type(ref)(ref.path, "/entry/mask"), mask.astype(np.uint8),
                         attrs={"long_name": "combined mask (1 = pixel excluded)"})
-        self.ctx.extra["masked_pixels"] = counts
+        self.ctx.results["masked_pixels"] = counts
         self.log.info("mask: %s", counts)
 
 
@@ -125,14 +131,18 @@ class Integrate(Step):
 
     name = "xrd.integrate"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai",)
     libraries = PYFAI_LIBS
+    requires = {FRAMES_KEY: FRAMES_IN,
+                MASK_KEY: Port("ndarray", "pixels to exclude, 1 = excluded (xrd.mask); absent: the "
+                                          "detector's own mask", optional=True)}
+    provides = {RESULT_KEY: Port("xrd_result", "the integrated 1D patterns (and 2D cakes) of the frames")}
 
     def initialize(self) -> None:
         # OpenMP threads (pyFAI) are the job's: the runner sets them before any library loads
         from .geometry import build_integrator
 
-        self.source = frame_source(self.store, self.name)
+        self.source = frame_source(self.store)
         shape = self.source.shape
         self.ai, self.geometry = build_integrator(self.params["geometry"], shape, self.log)
         self.mask = self.store.get(MASK_KEY)
@@ -212,11 +222,11 @@ class Integrate(Step):
             "mask_sha256": mask_digest(self.mask), "masked_pixels": None if self.mask is None else int(self.mask.sum()),
             "pyfai_version": pyFAI.version,
         }
-        self.store[RESULT_KEY] = XRDResult(
+        self.store.put(RESULT_KEY, XRDResult(
             frames=source.indices, unit=p["unit"], radial=radial, intensity=intensity, sigma=sigma,
             radial_2d=radial_2d, chi=chi, cake=cake, sigma_2d=sigma_2d, geometry=self.geometry,
-            settings=settings, source=source.describe(), mask=self.mask)
-        self.ctx.extra.update({
+            settings=settings, source=source.describe(), mask=self.mask))
+        self.ctx.results.update({
             "frames": n, "method_used_1d": used.get("1d"), "method_used_2d": used.get("2d"),
             "geometry": {k: self.geometry[k] for k in ("source", "fit2d", "wavelength_angstrom")},
             "seconds_first_frame": round(first_seconds or 0.0, 4),
@@ -245,14 +255,16 @@ class SaveBlock(Step):
 
     name = "xrd.save_block"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai", "base", "tomopy")  # numpy, h5py, hdf5plugin
     libraries = ("numpy", "h5py")
+    requires = {RESULT_KEY: Port("xrd_result", "the integrated patterns of the block (xrd.integrate)")}
+    provides: dict[str, Port] = {}
 
     def execute(self) -> None:
-        result = self.store.require(RESULT_KEY, self.name)
+        result = self.store.require(RESULT_KEY)
         ref = self.ctx.output("block")
         write_result(ref.path, result, compression=self.params["compression"])
-        self.ctx.extra.update({"frames": [int(result.frames[0]), int(result.frames[-1]) + 1]})
+        self.ctx.results.update({"frames": [int(result.frames[0]), int(result.frames[-1]) + 1]})
         self.log.info("wrote block %s frames %d:%d", self.ctx.final_output("block"), result.frames[0],
                       result.frames[-1] + 1)
 
@@ -266,8 +278,10 @@ class Gather(Step):
 
     name = "xrd.gather"
     version = "1.0.0"
-    image = "pyfai"
+    images = ("pyfai",)  # matplotlib
     libraries = ("numpy", "h5py", "matplotlib")
+    requires: dict[str, Port] = {}
+    provides: dict[str, Port] = {}
 
     def initialize(self) -> None:
         slots = sorted(s for s in self.ctx.input_slots() if s.startswith("block"))
@@ -365,7 +379,7 @@ class Gather(Step):
         if self.ctx.has_output("cake_png"):
             cake = cake_pick if cake_pick is not None else cake_sum / n
             self._cake_png(first, cake, rad_label, rad_units)
-        self.ctx.extra.update({"frames": n, "blocks": len(sources), "first": int(self.frames[0]),
+        self.ctx.results.update({"frames": n, "blocks": len(sources), "first": int(self.frames[0]),
                                "last": int(self.frames[-1])})
 
     def finalize(self) -> None:
@@ -388,7 +402,7 @@ class Gather(Step):
             cols = [first.radial, all_1d[k]] + ([all_sigma[k]] if all_sigma is not None else [])
             header = "\n".join(head + [f"frame: {int(frame)}", columns])
             np.savetxt(target, np.column_stack(cols), fmt="%.8g", header=header)
-        self.ctx.extra["xy_files"] = len(self.frames)
+        self.ctx.results["xy_files"] = len(self.frames)
 
     def _figure(self):
         import matplotlib

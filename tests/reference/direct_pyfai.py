@@ -6,8 +6,8 @@ takes the mask from the master's pixel_mask (nonzero = bad), builds the integrat
 file or Fit2D parameters and calls ``integrate1d`` once per frame. Writes ``.npz`` (radial,
 intensity[frames, npt]) and prints one JSON line with the timing.
 
-    python3 bench/direct_pyfai.py scan_00001_master.h5 --poni scan.poni --npt 1000 --out ref.npz
-    python3 bench/direct_pyfai.py scan.h5 --dataset /entry/data/data \\
+    python3 tests/reference/direct_pyfai.py scan_00001_master.h5 --poni scan.poni --npt 1000 --out ref.npz
+    python3 tests/reference/direct_pyfai.py scan.h5 --dataset /entry/data/data \\
         --fit2d '{"directDist":169,"centerX":1049.967,"centerY":1063.892,"tilt":0.3753,
                   "tiltPlanRotation":64.66877,"pixelX":75,"pixelY":75}' --wavelength 0.7293
 """

@@ -6,7 +6,7 @@ script in the same image" and the baseline of the benchmark. It uses only h5py, 
 (not daisy_steps): read the raw file, flat/dark normalize with the same guard, minus-log,
 optional stripe removal, reconstruct, optional circular mask, write the float32 volume.
 
-    python3 bench/direct_tomopy.py raw.h5 volume.h5 --center 49.5 [--algorithm gridrec] ...
+    python3 tests/reference/direct_tomopy.py raw.h5 volume.h5 --center 49.5 [--algorithm gridrec] ...
 
 Prints a JSON line with the time of each phase (seconds).
 """

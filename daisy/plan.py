@@ -1,0 +1,201 @@
+"""The run's plan: the one owner of every job's files, image, steps and resources.
+
+A pipeline module (``daisy/pipelines/<name>.py``) declares its :class:`Stage` s (one Snakemake
+rule each: image, step chain) and, given a validated config, adds the run's output patterns and
+jobs to a :class:`Run`. The rules (``rules/*.smk``, through :mod:`daisy.workflow`), the job files
+and the provenance all read the plan; nothing else names a job's paths, image or resources.
+Every job is checked when it is added: its steps belong to its stage, in order; each step can run
+in the job's image and finds what it requires in the data store (``daisy_steps.ports``); the files
+its steps write are exactly the job's declared outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daisy_steps.core import JOB_VERSION
+from daisy_steps.errors import StepError
+from daisy_steps.fileio import FileRef
+from daisy_steps.pin import code_sha256
+from daisy_steps.ports import check_chain
+
+from . import config as configs
+
+PIPELINES = configs.PIPELINES
+#: wildcard of the stages that have one job per slab / block (``ct_slab_0003``)
+INDEX = "index"
+INDEX_PATTERN = r"\d{4}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A kind of job, run by one Snakemake rule: all its jobs run in ``image`` and chain (a
+    subset of) ``steps`` in this order. ``indexed`` stages have one job per slab or block."""
+
+    pipeline: str
+    name: str
+    image: str
+    steps: tuple[str, ...]
+    indexed: bool = False
+    doc: str = ""
+
+    def job_name(self, index: int | str | None = None) -> str:
+        if not self.indexed:
+            return self.name
+        return f"{self.name}_{{{INDEX}}}" if index is None else f"{self.name}_{_index(index)}"
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output of a stage's jobs: a path pattern relative to the outdir (``{index}`` for
+    indexed stages); ``directory`` for outputs that are folders (e.g. the .xy files)."""
+
+    pattern: str
+    directory: bool = False
+
+
+@dataclass
+class Job:
+    """One Snakemake job: a chain of steps of one image, run in one process."""
+
+    name: str
+    stage: Stage
+    steps: list[dict[str, Any]]
+    inputs: list[str]
+    outputs: dict[str, str]
+    threads: int = 1
+    mem_mb: int = 1024
+    runtime_min: int = 60
+    index: str | None = None
+
+    @property
+    def image(self) -> str:
+        return self.stage.image
+
+
+def _index(index: int | str) -> str:
+    return f"{index:04d}" if isinstance(index, int) else str(index)
+
+
+@dataclass
+class Run:
+    """A validated config and its plan."""
+
+    config: dict[str, Any]
+    pipeline: str
+    outdir: Path
+    jobs: dict[str, Job] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Output]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    code_sha256: str = ""
+
+    # -- paths: every one is named here or by a stage's output patterns -------------------------
+    def path(self, *parts: str) -> str:
+        return str(self.outdir.joinpath(*parts))
+
+    def job_file(self, name: str) -> str:
+        return self.path("jobs", f"{name}.json")
+
+    def record_file(self, name: str) -> str:
+        return self.path("records", f"{name}.json")
+
+    def log_file(self, name: str) -> str:
+        return self.path("logs", f"{name}.log")
+
+    def provenance_file(self) -> str:
+        return self.path("provenance.json")
+
+    def output(self, stage: str, slot: str, index: int | str | None = None) -> str:
+        """The path of output ``slot`` of ``stage``'s job (``index`` for indexed stages)."""
+        pattern = self.outputs[stage][slot].pattern
+        return self.path(pattern.format(**({INDEX: _index(index)} if index is not None else {})))
+
+    # -- what the planners call -----------------------------------------------------------------
+    def add_stage(self, stage: Stage, outputs: dict[str, Output | str]) -> None:
+        """Declare a stage of this run and its outputs (slot -> pattern), the ones this config
+        asks for (e.g. previews only when ``save.previews``)."""
+        self.stages[stage.name] = stage
+        self.outputs[stage.name] = {slot: o if isinstance(o, Output) else Output(o) for slot, o in outputs.items()}
+
+    def add_job(self, stage: str, steps: list[dict[str, Any]], index: int | None = None, threads: int = 1,
+                mem_mb: int = 1024, runtime_min: int = 60, extra_inputs: tuple[str, ...] = ()) -> Job:
+        """Add a job of ``stage`` running ``steps``; its inputs are the files its steps read (plus
+        ``extra_inputs``, e.g. the data files an Eiger master links), its outputs the stage's."""
+        st = self.stages[stage]
+        name = st.job_name(index)
+        outputs = {slot: self.output(stage, slot, index) for slot in self.outputs[stage]}
+        job = Job(name, st, steps, _step_inputs(steps, extra_inputs), outputs, threads, mem_mb, runtime_min,
+                  _index(index) if index is not None else None)
+        _check_job(job)
+        self.jobs[name] = job
+        return job
+
+    # -- what the rules and the provenance read -------------------------------------------------
+    @property
+    def targets(self) -> list[str]:
+        """Every output of every job (what ``rule all`` asks for), in job order."""
+        return [path for job in self.jobs.values() for path in job.outputs.values()]
+
+    def images(self) -> list[str]:
+        return sorted({job.image for job in self.jobs.values()})
+
+    def stage_jobs(self, stage: str) -> list[Job]:
+        return [job for job in self.jobs.values() if job.stage.name == stage]
+
+    def job_document(self, name: str, lock: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The job file's content: steps, record path, threads, image digest (from the lock)
+        and the step-code pin."""
+        job = self.jobs[name]
+        if lock is None:
+            from . import images
+
+            lock = images.load_lock()
+        entry = lock.get("images", {}).get(job.image, {})
+        return {
+            "job_version": JOB_VERSION, "job": name, "threads": job.threads, "steps": job.steps,
+            "record": self.record_file(name), "code_sha256": self.code_sha256,
+            "image": {"name": job.image, "version": entry.get("version"), "sha256": entry.get("image_sha256")},
+        }
+
+
+def _step_inputs(steps: list[dict[str, Any]], extra: tuple[str, ...]) -> list[str]:
+    files = [str(FileRef.parse(v).path) for s in steps for v in s.get("inputs", {}).values()]
+    return list(dict.fromkeys([*files, *map(str, extra)]))
+
+
+def _check_job(job: Job) -> None:
+    """Refuse a job that contradicts its stage or its steps' ports (before any data is read)."""
+    names = [entry["step"] for entry in job.steps]
+    allowed = iter(job.stage.steps)
+    if not all(name in allowed for name in names):  # an ordered subsequence of the stage's chain
+        raise StepError(f"job {job.name}: steps {names} are not a chain of stage {job.stage.name} "
+                        f"({', '.join(job.stage.steps)})")
+    check_chain(job.name, job.image, job.steps)
+    written = {str(FileRef.parse(v).path) for s in job.steps for v in s.get("outputs", {}).values()}
+    declared = set(job.outputs.values())
+    if written != declared:
+        raise StepError(f"job {job.name}: its steps write {sorted(written - declared)} beyond the stage's "
+                        f"outputs, or leave {sorted(declared - written)} unwritten")
+
+
+def pipeline_module(name: str):
+    return importlib.import_module(f"daisy.pipelines.{name}")
+
+
+def all_stages() -> list[Stage]:
+    """Every stage of every pipeline (for the docs: which jobs run a step)."""
+    return [stage for name in PIPELINES for stage in pipeline_module(name).STAGES]
+
+
+def plan(config: dict[str, Any], source: str = "config", pipeline: str | None = None) -> Run:
+    """Validate ``config`` (for ``pipeline``, if given) and plan its jobs. Reads the inputs'
+    metadata (e.g. a scan's shape); needs no image."""
+    cfg = configs.validate(config, pipeline, source=source)
+    run = Run(config=cfg, pipeline=cfg["pipeline"], outdir=Path(cfg["outdir"]), code_sha256=code_sha256())
+    plan_fn: Callable[[Run], None] = pipeline_module(run.pipeline).plan
+    plan_fn(run)
+    return run
