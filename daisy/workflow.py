@@ -125,6 +125,11 @@ def rule_spec(run: Run, stage: str) -> RuleSpec:
     )
 
 
+def rule_specs(run: Run) -> dict[str, RuleSpec]:
+    """:func:`rule_spec` of every stage of the run (``STAGE`` in rules/common.smk)."""
+    return {stage: rule_spec(run, stage) for stage in run.stages}
+
+
 # -- run lifecycle (rules/common.smk: onstart, onsuccess, onerror) ------------------------------
 
 _holders: list = []

@@ -22,9 +22,8 @@ except daisy_workflow.SETUP_ERRORS as exc:  # one clear line: the field, file or
     raise WorkflowError(f"DAISY: {exc}") from None
 
 
-def stage(name):
-    """The directives of a stage's rule (patterns, image, inputs, resources), from the plan."""
-    return daisy_workflow.rule_spec(RUN, name)
+# The directives of each stage's rule (patterns, image, inputs, resources), from the plan.
+STAGE = daisy_workflow.rule_specs(RUN)
 
 
 # Every step job: its chain of steps runs in one process in the stage's pinned image.

@@ -2,17 +2,17 @@
 
 rule copy:
     input:
-        unpack(stage("copy").input),
+        unpack(STAGE["copy"].input),
     output:
-        **stage("copy").output,
+        **STAGE["copy"].output,
     log:
-        stage("copy").log,
+        STAGE["copy"].log,
     container:
-        stage("copy").container
-    threads: stage("copy").threads
+        STAGE["copy"].container
+    threads: STAGE["copy"].threads
     resources:
-        **stage("copy").resources,
+        **STAGE["copy"].resources,
     wildcard_constraints:
-        **stage("copy").wildcard_constraints,
+        **STAGE["copy"].wildcard_constraints,
     shell:
         JOB_SHELL

@@ -3,53 +3,53 @@
 
 rule ct_center:
     input:
-        unpack(stage("ct_center").input),
+        unpack(STAGE["ct_center"].input),
     output:
-        **stage("ct_center").output,
+        **STAGE["ct_center"].output,
     log:
-        stage("ct_center").log,
+        STAGE["ct_center"].log,
     container:
-        stage("ct_center").container
-    threads: stage("ct_center").threads
+        STAGE["ct_center"].container
+    threads: STAGE["ct_center"].threads
     resources:
-        **stage("ct_center").resources,
+        **STAGE["ct_center"].resources,
     wildcard_constraints:
-        **stage("ct_center").wildcard_constraints,
+        **STAGE["ct_center"].wildcard_constraints,
     shell:
         JOB_SHELL
 
 
 rule ct_slab:
     input:
-        unpack(stage("ct_slab").input),
+        unpack(STAGE["ct_slab"].input),
     output:
-        **stage("ct_slab").output,
+        **STAGE["ct_slab"].output,
     log:
-        stage("ct_slab").log,
+        STAGE["ct_slab"].log,
     container:
-        stage("ct_slab").container
-    threads: stage("ct_slab").threads
+        STAGE["ct_slab"].container
+    threads: STAGE["ct_slab"].threads
     resources:
-        **stage("ct_slab").resources,
+        **STAGE["ct_slab"].resources,
     wildcard_constraints:
-        **stage("ct_slab").wildcard_constraints,
+        **STAGE["ct_slab"].wildcard_constraints,
     shell:
         JOB_SHELL
 
 
 rule ct_gather:
     input:
-        unpack(stage("ct_gather").input),
+        unpack(STAGE["ct_gather"].input),
     output:
-        **stage("ct_gather").output,
+        **STAGE["ct_gather"].output,
     log:
-        stage("ct_gather").log,
+        STAGE["ct_gather"].log,
     container:
-        stage("ct_gather").container
-    threads: stage("ct_gather").threads
+        STAGE["ct_gather"].container
+    threads: STAGE["ct_gather"].threads
     resources:
-        **stage("ct_gather").resources,
+        **STAGE["ct_gather"].resources,
     wildcard_constraints:
-        **stage("ct_gather").wildcard_constraints,
+        **STAGE["ct_gather"].wildcard_constraints,
     shell:
         JOB_SHELL

@@ -3,35 +3,35 @@
 
 rule xrd_block:
     input:
-        unpack(stage("xrd_block").input),
+        unpack(STAGE["xrd_block"].input),
     output:
-        **stage("xrd_block").output,
+        **STAGE["xrd_block"].output,
     log:
-        stage("xrd_block").log,
+        STAGE["xrd_block"].log,
     container:
-        stage("xrd_block").container
-    threads: stage("xrd_block").threads
+        STAGE["xrd_block"].container
+    threads: STAGE["xrd_block"].threads
     resources:
-        **stage("xrd_block").resources,
+        **STAGE["xrd_block"].resources,
     wildcard_constraints:
-        **stage("xrd_block").wildcard_constraints,
+        **STAGE["xrd_block"].wildcard_constraints,
     shell:
         JOB_SHELL
 
 
 rule xrd_gather:
     input:
-        unpack(stage("xrd_gather").input),
+        unpack(STAGE["xrd_gather"].input),
     output:
-        **stage("xrd_gather").output,
+        **STAGE["xrd_gather"].output,
     log:
-        stage("xrd_gather").log,
+        STAGE["xrd_gather"].log,
     container:
-        stage("xrd_gather").container
-    threads: stage("xrd_gather").threads
+        STAGE["xrd_gather"].container
+    threads: STAGE["xrd_gather"].threads
     resources:
-        **stage("xrd_gather").resources,
+        **STAGE["xrd_gather"].resources,
     wildcard_constraints:
-        **stage("xrd_gather").wildcard_constraints,
+        **STAGE["xrd_gather"].wildcard_constraints,
     shell:
         JOB_SHELL
