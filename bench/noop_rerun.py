@@ -51,11 +51,10 @@ def main() -> int:
     if "Nothing to be done" not in outputs["out"] and "nothing to be done" not in outputs["out"].lower():
         print("  warning: snakemake did not report 'Nothing to be done':\n" + outputs["out"][-1500:])
     plan_s = timed(lambda: run([daisy_python(), "-c",
-                                "import sys; sys.path.insert(0, sys.argv[1]); from daisy import cli; "
+                                "import sys; sys.path.insert(0, sys.argv[1]); from daisy import images, workflow; "
                                 "from pathlib import Path; "
-                                "r = __import__('daisy.workflow', fromlist=['plan']).plan("
-                                "cli._read_config(Path(sys.argv[2])), pipeline='ct'); "
-                                "[__import__('daisy.images', fromlist=['x']).verify_image(n) for n in r.images()]",
+                                "r = workflow.plan(workflow.read_config(Path(sys.argv[2])), pipeline='ct'); "
+                                "[images.verify_image(n) for n in r.images()]",
                                 REPO, config], cwd=work))
     snakemake_s = timed(lambda: run([daisy_python(), "-m", "snakemake", "--version"]))
     dry_s = timed(lambda: run([*daisy, "run", "ct", "--config", config, "--cores", 2, "--dry-run"], cwd=work))

@@ -130,7 +130,8 @@ def _key(name: str, key: str) -> str:
 
 def ports_table(cls) -> list[str]:
     """Markdown table of a step's data-store ports; a line saying it has none."""
-    entries = [("requires", k, p) for k, p in cls.requires.items()] + [("provides", k, p) for k, p in cls.provides.items()]
+    entries = [("requires", k, p) for k, p in cls.requires.items()]
+    entries += [("provides", k, p) for k, p in cls.provides.items()]
     if not entries:
         return ["Data store: none (files only)."]
     lines = ["| key | port | kind | | meaning |", "|---|---|---|---|---|"]

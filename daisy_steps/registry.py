@@ -31,8 +31,8 @@ def discover() -> dict[str, type[Step]]:
             continue
         module = importlib.import_module(info.name)
         for obj in vars(module).values():
-            if not (isinstance(obj, type) and issubclass(obj, Step) and obj is not Step and obj.__module__ == module.__name__
-                    and "name" in obj.__dict__):
+            if not (isinstance(obj, type) and issubclass(obj, Step) and obj is not Step
+                    and obj.__module__ == module.__name__ and "name" in obj.__dict__):
                 continue
             other = found.get(obj.name)
             if other is not None and other is not obj:
