@@ -317,8 +317,8 @@ def test_step_story():
 
     story = docs.step_story("ct.preview_sinogram")
     assert story.startswith("## `ct.preview_sinogram`\n")
-    for part in ("daisy_steps/ct/output.py:", "`tomopy`, `base`, `pyfai`", "schemas/steps/ct.preview_sinogram.schema.json",
-                 "`ct_slab` (ct pipeline, `tomopy` image", "**ct.preview_sinogram**", "tests/test_ct_steps.py",
+    for part in ("daisy_steps/ct/output.py:", "`tomopy`, `base`, `pyfai`",
+                 "schemas/steps/ct.preview_sinogram.schema.json", "`ct_slab` (ct pipeline, `tomopy` image", "**ct.preview_sinogram**", "tests/test_ct_steps.py",
                  "| `{key}` (parameter `key`, default `proj`) | requires | ndarray | required |", "| `row` |"):
         assert part in story, part
     assert story in (REPO / "docs" / "steps.md").read_text()
