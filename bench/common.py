@@ -137,6 +137,18 @@ def json_runner(cmd, before=None):
     return run_once, results
 
 
+def slab_job(run, center: float, name: str = "ct_slab_0000") -> tuple[dict, tuple[int, int]]:
+    """The job document of a planned CT slab job, made to run alone (the centre given as a
+    parameter instead of the centre job's file), and its detector rows (start, stop)."""
+    doc = run.job_document(name)
+    for st in doc["steps"]:
+        if st["step"] == "ct.recon":
+            st["inputs"] = {}
+            st["params"] = {**st["params"], "center": center}
+    load = next(st for st in doc["steps"] if st["step"] == "ct.load")
+    return doc, (load["params"]["row_start"], load["params"]["row_stop"])
+
+
 def daisy_python() -> str:
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv if venv.exists() else sys.executable)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from common import REFERENCE, REPO, daisy_python, loadavg, report, run, timed
+from common import REFERENCE, REPO, daisy_python, loadavg, report, run, slab_job, timed
 from ct_vs_tomopy import volumes_equal
 from make_ct_data import SIZES
 
@@ -88,18 +88,12 @@ def main() -> int:
         cfg0 = {"config_version": 1, "pipeline": "ct", "outdir": str(work / "control"), "threads": args.threads,
                 "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
                 "save": {"previews": False, "compression": "none"}}
-        plan0 = plan(cfg0)
-        doc = plan0.job_document("ct_slab_0000")
-        for st in doc["steps"]:
-            if st["step"] == "ct.recon":
-                st["inputs"] = {}
-                st["params"] = {**st["params"], "center": center}
+        doc, (r0, r1) = slab_job(plan(cfg0), center)
         job = work / "control" / "jobs" / "control.json"
         job.parent.mkdir(parents=True, exist_ok=True)
         job.write_text(json.dumps(doc))
-        r0, r1 = plan0.slabs[0]
         cmd = images.exec_argv("tomopy", ["prlimit", f"--as={limit}", "--", "python3", "-m", "daisy_steps", "run",
-                                              "--job", job], binds_ro=[raw.parent], binds_rw=[work / "control"])
+                                          "--job", job], binds_ro=[raw.parent], binds_rw=[work / "control"])
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "Memory" in ln or "daisy step" in ln]
         control = {"rows": r1 - r0, "exit": proc.returncode, "message": (lines or ["(none)"])[-1][:300]}

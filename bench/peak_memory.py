@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import REPO, loadavg, report
+from common import REPO, loadavg, report, slab_job
 from make_ct_data import SIZES
 
 
@@ -42,15 +42,10 @@ def main() -> int:
            "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
            "save": {"previews": False, "compression": "none"}}
     run = plan(cfg)
-    doc = run.job_document("ct_slab_0000")
-    for st in doc["steps"]:
-        if st["step"] == "ct.recon":      # the centre as a parameter: no centre job needed
-            st["inputs"] = {}
-            st["params"] = {**st["params"], "center": center}
+    doc, (r0, r1) = slab_job(run, center)  # the centre as a parameter: no centre job needed
     job = work / "jobs" / "ct_slab_0000.json"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps(doc))
-    r0, r1 = run.slabs[0]
     h = r1 - r0
     flats = darks = 20
     raw_slab = (angles + flats + darks) * h * cols * 2

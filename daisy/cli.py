@@ -72,7 +72,7 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
 
 def run_snakemake(args: list[str]) -> int:
     """Snakemake's own command line, in this process: no second interpreter start and no second
-    import of what DAISY has loaded already (about 0.3 s a run). Returns its exit status."""
+    import of what DAISY has loaded already (docs/benchmarks.md). Returns its exit status."""
     from snakemake.cli import main as snakemake_main
 
     try:

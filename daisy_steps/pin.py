@@ -1,7 +1,7 @@
 """The step-code pin: one sha256 over the step code and the parameter schemas.
 
 The step code is bound into the images at run time rather than baked in (a code change
-would otherwise mean rebuilding a 300 MB image). What makes a run reproducible is this hash:
+would otherwise mean rebuilding an image). What makes a run reproducible is this hash:
 the host writes it into every job file, the job refuses to run if the code it imported
 hashes differently, and the provenance records it.
 """

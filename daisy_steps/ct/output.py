@@ -90,7 +90,7 @@ def _slab_inputs(ctx, dataset: str) -> list[dict]:
     names = ctx.input_slots()
     slots = sorted(s for s in names if s.startswith("slab"))
     if not slots:
-        raise StepError("ct.gather: no slab inputs (input slots named slab0, slab1, ...)")
+        raise StepError("ct.gather: no slab inputs (input slots named slab_0000, slab_0001, ...)")
     slabs = []
     for slot in slots:
         ref = ctx.input(slot)

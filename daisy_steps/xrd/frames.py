@@ -3,9 +3,9 @@
 A :class:`FrameSource` knows the frame shape, dtype and count from the file headers only; its
 :meth:`FrameSource.frames` streams the frames one at a time, so a scan is never held in memory as
 a whole. HDF5 frames are read ahead, one frame per read, by a reader thread into a ring of
-buffers while the caller works on the previous frame (:func:`read_ahead`): measured on 500
-Eiger-4M bitshuffle/LZ4 frames, reads of 8 frames at a time cost 18 ms a frame, single-frame
-reads into a reused buffer 7 ms, and reading ahead hides most of that behind pyFAI.
+buffers while the caller works on the previous frame (:func:`read_ahead`): single-frame reads
+into a reused buffer are faster per frame than multi-frame reads of bitshuffle/LZ4 chunks, and
+reading ahead hides them behind pyFAI (figures: docs/benchmarks.md, DEVELOPERS.md).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class FrameSource:
                 "start": self.start, "stop": self.stop, "shape": list(self.shape), "dtype": str(self.dtype)}
 
     def batches(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(first_global_index, frames[n, rows, cols])`` in frame order."""
+        """Yield ``(first_global_index, frames[n, rows, cols])`` in frame order (in-memory and
+        fabio sources; HDF5 sources read frame by frame instead, :class:`HDF5Source`)."""
         raise NotImplementedError
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -196,14 +197,6 @@ class HDF5StackSource(HDF5Source):
         super().__init__(f"{path}:{dataset}", shape[-2:], dtype, n, start, stop, batch)
         self.files = [str(path)]
 
-    def batches(self, size=None):
-        size = size or self.batch
-        with open_file(self.path) as handle:
-            dset = handle[self.dataset]
-            for first in range(self.start, self.stop, size):
-                last = min(first + size, self.stop)
-                yield first, (dset[()][None] if self._single else dset[first:last])
-
     def _reads(self) -> Iterator[FrameRead]:
         with open_file(self.path) as handle:
             dset = handle[self.dataset]
@@ -286,14 +279,6 @@ class EigerSource(HDF5Source):
             if lo < hi:
                 yield handle[where], offset, lo, hi
             offset += n
-
-    def batches(self, size=None):
-        size = size or self.batch
-        with open_file(self.path) as handle:
-            for dset, offset, lo, hi in self._blocks(handle):
-                for first in range(lo, hi, size):
-                    last = min(first + size, hi)
-                    yield first, dset[first - offset:last - offset]
 
     def _reads(self) -> Iterator[FrameRead]:
         with open_file(self.path) as handle:

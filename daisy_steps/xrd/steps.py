@@ -286,7 +286,7 @@ class Gather(Step):
     def initialize(self) -> None:
         slots = sorted(s for s in self.ctx.input_slots() if s.startswith("block"))
         if not slots:
-            raise StepError(f"step {self.name}: no input slots named block* (e.g. block_0, block_1, ...)")
+            raise StepError(f"step {self.name}: no input slots named block* (block_0000, block_0001, ...)")
         self.blocks: list[ResultFile] = []
         for slot in slots:
             self.blocks.append(ResultFile(self.ctx.input(slot).path))
