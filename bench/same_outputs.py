@@ -47,14 +47,31 @@ def h5_arrays(path: Path) -> dict[str, str]:
     """sha256 of every dataset's values (virtual datasets read through their sources)."""
     import h5py
     import hdf5plugin  # noqa: F401
+    import numpy as np
 
     digests = {}
     with h5py.File(path, "r") as handle:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                digests[name] = hashlib.sha256(obj[()].tobytes()).hexdigest()
+                value = obj[()]
+                raw = value if isinstance(value, bytes) else np.asarray(value).tobytes()
+                digests[name] = hashlib.sha256(raw).hexdigest()
         handle.visititems(visit)
     return digests
+
+
+def h5_attrs(path: Path) -> dict[str, str]:
+    """Every attribute, as text, by object path."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as handle:
+        def visit(name, obj):
+            for key, value in obj.attrs.items():
+                found[f"{name}@{key}"] = repr(value)
+        visit("/", handle)
+        handle.visititems(visit)
+    return found
 
 
 def compare(a: Path, b: Path) -> list[str]:
@@ -66,8 +83,13 @@ def compare(a: Path, b: Path) -> list[str]:
             arrays = h5_arrays(ra[name]) == h5_arrays(rb[name])
             if not arrays:
                 problems.append(f"{name}: arrays differ")
+            note = ""
+            if arrays and not same_bytes:
+                aa, ab = h5_attrs(ra[name]), h5_attrs(rb[name])
+                keys = sorted(k for k in set(aa) | set(ab) if aa.get(k) != ab.get(k))
+                note = f" ({', '.join(keys) or 'layout only'})"
             print(f"  {name:52s} arrays {'identical' if arrays else 'DIFFER'}; "
-                  f"file bytes {'identical' if same_bytes else 'differ (metadata)'}")
+                  f"file bytes {'identical' if same_bytes else 'differ'}{note}")
         elif not same_bytes:
             problems.append(f"{name}: bytes differ")
             print(f"  {name:52s} DIFFER")
@@ -84,9 +106,11 @@ def main() -> int:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="daisy-same-"))
     runs = {"this": (REPO, work / "this"), "other": (args.other.resolve(), work / "other")}
+    shared = work / "run"  # both run in the same folder (results name their paths), then move
     for label, (tree, out) in runs.items():
-        print(f"daisy demo with {label} tree ({tree}) -> {out}", flush=True)
-        run_demo(tree, out, args.size)
+        print(f"daisy demo with {label} tree ({tree}) in {shared} -> {out}", flush=True)
+        run_demo(tree, shared, args.size)
+        shared.rename(out)
     problems = compare(runs["this"][1], runs["other"][1])
     print(json.dumps({"identical": not problems, "problems": problems}, indent=1))
     return 1 if problems else 0
