@@ -15,4 +15,5 @@ rule all:
     input:
         RUN.targets,
         RUN.provenance_file(),
+        RUN.crate_file(),
     default_target: True

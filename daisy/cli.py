@@ -1,4 +1,4 @@
-"""The ``daisy`` command: run pipelines, make the demo, validate and import configs, manage images."""
+"""The ``daisy`` command: run pipelines, the demo, configs, steps, images, provenance, archive and rerun."""
 
 from __future__ import annotations
 
@@ -185,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a step name, e.g. ct.normalize")
     p.set_defaults(func=cmd_steps)
 
-    from . import images
+    from . import archive_cli, images, provenance_cli
     images.register_cli(sub)
+    provenance_cli.register_cli(sub)
+    archive_cli.register_cli(sub)
     return parser
 
 

@@ -109,6 +109,10 @@ class Run:
     def provenance_file(self) -> str:
         return self.path("provenance.json")
 
+    def crate_file(self) -> str:
+        """The run's Provenance Run Crate (rendered from the provenance document)."""
+        return self.path("ro-crate-metadata.json")
+
     def output(self, stage: str, slot: str, index: int | str | None = None) -> str:
         """The path of output ``slot`` of ``stage``'s job (``index`` for indexed stages)."""
         pattern = self.outputs[stage][slot].pattern

@@ -25,7 +25,7 @@ from .params import resolve
 from .ports import Port, bind, bind_keys, check_chain
 
 JOB_VERSION = 1
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 #: Inputs larger than this are not hashed per job (a slab job would re-hash a whole raw
 #: scan); the run's provenance hashes them once.
 DEFAULT_HASH_LIMIT = 256 * 1024 * 1024
@@ -127,16 +127,22 @@ class StepStore:
 
 
 class JobContext:
-    """What a step may know of its job: file slots, temporary outputs, threads, and the results
-    it reports in the job record (``results``, e.g. the rotation centre)."""
+    """What a step may know of its job: file slots, temporary outputs, threads, the job's name,
+    image (``{name, version, sha256}``) and step-code pin (for the provenance a gather step
+    writes into its result), and the results it reports in the job record (``results``, e.g.
+    the rotation centre)."""
 
     def __init__(self, inputs: dict[str, str], outputs: dict[str, str], outset: OutputSet,
-                 threads: int, step: str) -> None:
+                 threads: int, step: str, job_name: str | None = None,
+                 image: dict[str, Any] | None = None, code_sha256: str | None = None) -> None:
         self._inputs = {k: FileRef.parse(v) for k, v in inputs.items()}
         self._outputs = {k: FileRef.parse(v) for k, v in outputs.items()}
         self._outset = outset
         self.threads = threads
         self.step = step
+        self.job_name = job_name
+        self.image = dict(image) if isinstance(image, dict) else ({"name": image} if image else None)
+        self.code_sha256 = code_sha256
         self.results: dict[str, Any] = {}
 
     def has_input(self, slot: str) -> bool:
@@ -327,35 +333,44 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     All parameters are validated, and the chain is checked against the steps' ports and
     images (:func:`daisy_steps.ports.check_chain`), before any data is touched. Outputs are
-    committed only if every step succeeds; otherwise they are removed and the error propagates.
+    committed only if every step succeeds; otherwise they are removed, a record with ``"status":
+    "failed"`` (the error, the steps that ran) is written to the record path and to
+    ``failed/<name>`` beside it (:func:`failed_record_path`: the rule's own record is deleted by
+    Snakemake as an output of a failed job), and the error propagates.
     """
     log = logging.getLogger("daisy.job")
-    code = check_code_pin(job)
-    threads = min(int(job.get("threads") or usable_cores()), usable_cores())
-    set_thread_pools(threads)
-    hash_limit = int(job.get("hash_limit", DEFAULT_HASH_LIMIT))
-    prepared = []
-    for index, entry in enumerate(job["steps"]):
-        name = entry.get("step")
-        cls = step_class(name)
-        params = resolve(f"steps/{name}", entry.get("params", {}), what=f"step {name} (#{index + 1})")
-        prepared.append((cls, entry, params))
-    image = job_image(job)
-    check_chain(job["job"], image, [{**entry, "params": params} for _, entry, params in prepared])
-    _check_paths(job)
-
-    store = DataStore()
-    outset = OutputSet()
     record: dict[str, Any] = {
-        "record_version": RECORD_VERSION, "job": job["job"], "host": socket.gethostname(),
-        "image": job.get("image"), "code_sha256": code, "started": now(), "steps": [],
+        "record_version": RECORD_VERSION, "job": job.get("job"), "status": "running", "host": socket.gethostname(),
+        "image": job.get("image"), "code_sha256": None, "started": now(), "steps": [],
     }
+    outset = OutputSet()
     libraries: dict[str, str] = {}
+    running: dict[str, Any] | None = None       # the step under way, for the record of a failure
+    hash_limit = DEFAULT_HASH_LIMIT
     try:
+        code = record["code_sha256"] = check_code_pin(job)
+        threads = min(int(job.get("threads") or usable_cores()), usable_cores())
+        set_thread_pools(threads)
+        hash_limit = int(job.get("hash_limit", DEFAULT_HASH_LIMIT))
+        prepared = []
+        for index, entry in enumerate(job["steps"]):
+            name = entry.get("step")
+            cls = step_class(name)
+            params = resolve(f"steps/{name}", entry.get("params", {}), what=f"step {name} (#{index + 1})")
+            prepared.append((cls, entry, params))
+        image = job_image(job)
+        check_chain(job["job"], image, [{**entry, "params": params} for _, entry, params in prepared])
+        _check_paths(job)
+
+        store = DataStore()
         for cls, entry, params in prepared:
-            ctx = JobContext(entry.get("inputs", {}), entry.get("outputs", {}), outset, threads, cls.name)
+            ctx = JobContext(entry.get("inputs", {}), entry.get("outputs", {}), outset, threads, cls.name,
+                             job_name=job["job"], image=job.get("image"), code_sha256=code)
             step = cls(params, store, ctx)
             started, clock = now(), time.perf_counter()
+            running = {"step": cls.name, "version": cls.version, "image": image, "params": params,
+                       "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
+                       "started": started, "clock": clock, "results": ctx.results}
             log.info("%s %s: start", cls.name, cls.version)
             try:
                 step.initialize()
@@ -374,18 +389,58 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
                 "started": started, "ended": now(), "seconds": round(seconds, 6), "results": ctx.results,
             })
+            running = None
         finals = outset.commit()
-    except BaseException:
+    except BaseException as exc:
         outset.discard()
+        _write_failed_record(job, record, exc, running, libraries, hash_limit)
         raise
     input_paths = {FileRef.parse(v).path for s in job["steps"] for v in s.get("inputs", {}).values()}
+    record["status"] = "completed"
     record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(input_paths) if p.is_file()}
     record["outputs"] = {str(p): _describe(p, hash_limit) for p in finals}
     record["libraries"] = libraries
     record["ended"] = now()
     if job.get("record"):
         write_json_atomic(job["record"], record)
+        failed_record_path(job["record"]).unlink(missing_ok=True)   # an earlier attempt's failure
     return record
+
+
+def failed_record_path(record_path: str | os.PathLike) -> Path:
+    """Where the record of a failed job is kept: ``failed/<name>`` beside the record path (outside
+    the rule's outputs, which Snakemake deletes when a job fails)."""
+    path = Path(record_path)
+    return path.parent / "failed" / path.name
+
+
+def one_line(exc: BaseException, limit: int = 2000) -> str:
+    """An exception as one line: its type and its message, whitespace collapsed."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _write_failed_record(job: dict[str, Any], record: dict[str, Any], exc: BaseException,
+                         running: dict[str, Any] | None, libraries: dict[str, str], hash_limit: int) -> None:
+    """The record of a failed job (never raises: the job's own error is what propagates)."""
+    if not isinstance(job, dict) or not job.get("record"):
+        return
+    try:
+        ended = now()
+        record.update(status="failed", error=one_line(exc), ended=ended, outputs={}, libraries=libraries)
+        if running is not None:
+            clock = running.pop("clock")
+            record["steps"].append({**running, "ended": ended, "seconds": round(time.perf_counter() - clock, 6),
+                                    "status": "failed"})
+            record["failed_step"] = running["step"]
+        inputs = {FileRef.parse(v).path for s in job.get("steps", []) if isinstance(s, dict)
+                  for v in s.get("inputs", {}).values()}
+        record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(inputs) if p.is_file()}
+        write_json_atomic(job["record"], record)
+        write_json_atomic(failed_record_path(job["record"]), record)
+    except Exception as error:  # noqa: BLE001
+        logging.getLogger("daisy.job").warning("could not write the record of the failed job: %s", error)
 
 
 def check_code_pin(job: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""HDF5 helpers shared by steps: open a dataset with clear errors, write arrays."""
+"""HDF5 helpers shared by steps: open a dataset with clear errors, write arrays, NeXus groups."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def open_dataset(ref: FileRef) -> Iterator[h5py.Dataset]:
         raise StepError(f"input {ref.path}: no dataset path given (write it as {ref.path}:/path/to/data)")
     with open_file(ref.path) as handle:
         yield get_dataset(handle, ref.dataset, ref.path)
+
+
+def nx_group(parent: h5py.Group, path: str, nx_class: str) -> h5py.Group:
+    """The group ``path`` under ``parent`` (created, with its parents, if missing), with its
+    NeXus class attribute ``NX_class`` set (a UTF-8 string, as every DAISY string)."""
+    group = parent.require_group(path)
+    group.attrs["NX_class"] = nx_class
+    return group
 
 
 def compression_options(name: str, level: int = 4) -> dict:

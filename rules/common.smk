@@ -1,4 +1,4 @@
-# The plan, job files, provenance and the run's lifecycle: shared by all pipelines.
+# The plan, job files, provenance (+ RO-Crate) and the run's lifecycle: shared by all pipelines.
 # Every path, image and resource of a job comes from the plan (daisy/plan.py, daisy/pipelines/);
 # a stage's rule takes them through daisy.workflow.rule_spec.
 
@@ -48,13 +48,14 @@ rule provenance:
         targets=RUN.targets,
     output:
         RUN.provenance_file(),
+        RUN.crate_file(),
     log:
         RUN.log_file("provenance"),
     localrule: True
     run:
         from daisy import provenance
 
-        provenance.write(RUN, output[0])
+        provenance.write(RUN)
 
 
 # While jobs run: images verified against the lock, held mounted and warm (daisy/images/execute.py);
@@ -71,4 +72,7 @@ onsuccess:
 
 
 onerror:
+    from daisy import provenance
+
+    provenance.write(RUN, status="failed")  # a failed run keeps its record and crate too
     daisy_workflow.finish_run()

@@ -36,7 +36,10 @@ else
 fi
 
 say "Images"
-.venv/bin/daisy containers build
+# The published images pinned in containers/images.lock.json: from the cache, an offline bundle or a
+# store ($DAISY_IMAGE_STORES and the lock's stores), pulled by digest; else built locally and
+# recorded in $DAISY_IMAGE_CACHE/local-lock.json (never in the committed lock). docs/images.md.
+.venv/bin/daisy containers ensure
 
 case "$what" in
   demo)

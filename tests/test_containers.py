@@ -98,6 +98,17 @@ def fake_tools(monkeypatch):
     return calls
 
 
+def _local(name: str) -> dict:
+    return images.load_lock(images.local_lock_path())["images"][name]
+
+
+def _publish_local(name: str) -> dict:
+    """Pin the local build of ``name`` in the (test's) committed lock, as `publish` would."""
+    entry = {k: v for k, v in _local(name).items() if k != "origin"}
+    images.write_lock({"images": {name: entry}})
+    return entry
+
+
 def _tamper(sif: Path, data: bytes = b"tampered") -> None:
     sif.chmod(0o644)
     sif.write_bytes(data)
@@ -173,17 +184,20 @@ def test_missing_files_source_is_an_error(fake_repo):
         images.definition_key("demo")
 
 
-def test_build_writes_lock_and_reuses_cache(fake_repo, fake_tools):
+def test_build_writes_local_lock_never_the_committed_one(fake_repo, fake_tools):
     logs = []
     entries = images.build(["demo"], log=logs.append)
     assert fake_tools["build"] == 1
-    text = paths.LOCK_PATH.read_text()
+    assert not paths.LOCK_PATH.exists()                        # the committed lock is not touched
+    local_lock = images.local_lock_path()
+    assert local_lock == images.cache_dir() / "local-lock.json"
+    text = local_lock.read_text()
     locked = json.loads(text)
     assert text == json.dumps(locked, indent=2, sort_keys=True) + "\n"   # sorted keys, stable format
-    assert stat.S_IMODE(paths.LOCK_PATH.stat().st_mode) == 0o644
+    assert stat.S_IMODE(local_lock.stat().st_mode) == 0o644
     assert locked["lock_version"] == 1
     e = locked["images"]["demo"]
-    assert e == entries[0]
+    assert e == dict(entries[0], origin="local build")
     for field in ("name", "version", "definition_sha256", "image_sha256", "file", "size_bytes",
                   "build_seconds", "built_at", "apptainer_version", "manifest"):
         assert field in e, field
@@ -194,8 +208,8 @@ def test_build_writes_lock_and_reuses_cache(fake_repo, fake_tools):
     sif = images.cache_dir() / e["file"]
     assert hashlib.sha256(sif.read_bytes()).hexdigest() == e["image_sha256"]
     assert e["size_bytes"] == sif.stat().st_size
-    assert images.image_path("demo") == sif == images.locked_path("demo")
-    assert json.loads((sif.parent / (sif.name + ".json")).read_text()) == e   # the sidecar record
+    assert images.image_path("demo") == sif == images.locked_path("demo") == images.planned_path("demo")
+    assert json.loads((sif.parent / (sif.name + ".json")).read_text()) == entries[0]   # the sidecar record
     assert "mirror.invalid" not in text and "mirror.invalid" not in "".join(logs)
     assert not list(images.cache_dir().glob(".building-*"))
     # spython guarded: sudo=False always
@@ -206,9 +220,10 @@ def test_build_writes_lock_and_reuses_cache(fake_repo, fake_tools):
     images.build(["demo"], force=True, log=logs.append)     # forced
     assert fake_tools["build"] == 2
     (fake_repo / "envs/demo.debian.txt").write_text("python3=3.13.5-2\n")
-    images.build(["demo"], log=logs.append)                 # envs changed: rebuild, lock follows
+    images.build(["demo"], log=logs.append)                 # envs changed: rebuild, local lock follows
     assert fake_tools["build"] == 3
-    assert images.load_lock()["images"]["demo"]["definition_sha256"] == images.definition_key("demo")
+    assert _local("demo")["definition_sha256"] == images.definition_key("demo")
+    assert not paths.LOCK_PATH.exists()
 
 
 def test_build_refuses_version_label_mismatch(fake_repo, fake_tools):
@@ -224,6 +239,7 @@ def test_manifest_failure_dict_raises(fake_repo, fake_tools):
     with pytest.raises(images.ImageError, match="manifest"):
         images.build(["demo"], log=lambda m: None)
     assert "demo" not in images.load_lock()["images"]
+    assert images.local_entry("demo") is None
     assert not list(images.cache_dir().glob("*.sif"))
 
 
@@ -252,7 +268,7 @@ def test_failed_build_with_leftover_file_is_a_failure(fake_repo, tmp_path, monke
 
 def test_verify_mismatch_names_image_and_both_digests(fake_repo, fake_tools):
     images.build(["demo"], log=lambda m: None)
-    e = images.load_lock()["images"]["demo"]
+    e = _publish_local("demo")
     sif = images.cache_dir() / e["file"]
     assert images.verify() == []
     assert images.verify_image("demo") == sif
@@ -268,8 +284,8 @@ def test_verify_mismatch_names_image_and_both_digests(fake_repo, fake_tools):
     assert isinstance(exc.value, images.ImageError)
 
 
-def test_image_path_missing_says_build(fake_repo):
-    with pytest.raises(images.ImageError, match="daisy containers build demo"):
+def test_image_path_missing_says_ensure(fake_repo):
+    with pytest.raises(images.ImageError, match="daisy containers ensure demo"):
         images.image_path("demo")
 
 
@@ -360,6 +376,7 @@ def _cli(*argv):
 
 def test_cli(fake_repo, fake_tools, capsys, tmp_path):
     assert _cli("containers", "build", "demo", "--cache", str(tmp_path / "cache")) == 0
+    _publish_local("demo")
     assert _cli("containers", "list") == 0
     assert "demo" in capsys.readouterr().out
     assert _cli("containers", "inspect", "demo") == 0
@@ -371,14 +388,14 @@ def test_cli(fake_repo, fake_tools, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "MISMATCH" in err and "'demo'" in err
     assert _cli("containers", "inspect", "nosuch") == 1
-    assert "daisy containers build nosuch" in capsys.readouterr().err
+    assert "daisy containers ensure nosuch" in capsys.readouterr().err
 
 
-def test_prune_keeps_locked_images(fake_repo, fake_tools, capsys):
+def test_prune_keeps_images_of_both_locks(fake_repo, fake_tools, capsys):
     images.build(["demo"], log=lambda m: None)
-    old = images.load_lock()["images"]["demo"]["file"]
+    old = _local("demo")["file"]
     images.build(["demo"], force=True, log=lambda m: None)
-    new = images.load_lock()["images"]["demo"]["file"]
+    new = _local("demo")["file"]
     assert old != new and (images.cache_dir() / old).exists()
     assert cli.prune(dry_run=True) == [images.cache_dir() / old] and (images.cache_dir() / old).exists()
     assert _cli("containers", "prune") == 0
@@ -567,3 +584,57 @@ def test_image_holder_keeps_one_shared_mount_and_stops():
         time.sleep(0.05)
     assert [pid for pid in held_pids if _alive(pid)] == []
     assert _loops(sif) == []
+
+
+def _push_fake(args):
+    root, i = args
+    from daisy.images import stores as st
+
+    sif = Path(root) / f"src-{i}.sif"
+    sif.write_bytes(f"image {i}".encode() * 1000)
+    digest = hashlib.sha256(sif.read_bytes()).hexdigest()
+    entry = {"name": f"img{i % 4}", "version": f"1.{i // 4}", "image_sha256": digest,
+             "file": st.sif_name(f"img{i % 4}", f"1.{i // 4}", digest)}
+    st.parse_store(f"dir://{root}/store").push(sif, entry)
+    return entry
+
+
+def test_dir_store_concurrent_writers_keep_every_entry(tmp_path, monkeypatch):
+    """Eight processes push at once into one dir:// store: the index (lock file + rename) has them all."""
+    import multiprocessing
+
+    from daisy.images import stores
+
+    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "cache"))
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        entries = pool.map(_push_fake, [(str(tmp_path), i) for i in range(8)])
+    store = stores.parse_store(f"dir://{tmp_path}/store")
+    index = store.index()
+    assert sum(len(v) for v in index["images"].values()) == 8
+    for e in entries:
+        assert index["images"][e["name"]][e["version"]]["sha256"] == e["image_sha256"]
+        assert hashlib.sha256(store.file_for(e).read_bytes()).hexdigest() == e["image_sha256"]
+    assert not [p for p in (tmp_path / "store").rglob(".pushing-*")]
+    other = dict(entries[0], image_sha256="0" * 64)
+    (tmp_path / "other.sif").write_bytes(b"other")
+    with pytest.raises(images.ImageError, match="refusing other content"):
+        store.push(tmp_path / "other.sif", other)
+
+
+def test_store_urls_and_insecure_registries(monkeypatch):
+    from daisy.images import stores
+
+    monkeypatch.delenv("DAISY_INSECURE_REGISTRIES", raising=False)
+    assert stores.parse_store("oras://127.0.0.1:5000/daisy").insecure
+    assert not stores.parse_store("oras://registry.invalid:5000/daisy").insecure
+    monkeypatch.setenv("DAISY_INSECURE_REGISTRIES", "registry.invalid:5000")
+    s = stores.parse_store("oras://registry.invalid:5000/ns/sub")
+    assert s.insecure and s.ref("base", "1.0.0") == "oras://registry.invalid:5000/ns/sub/base:1.0.0"
+    assert s.ref("base", "sha256:" + "a" * 64).endswith("/ns/sub/base@sha256:" + "a" * 64)
+    assert isinstance(stores.parse_store("dir:///srv/images"), stores.DirStore)
+    for bad in ("http://x/y", "dir://relative"):
+        with pytest.raises(images.ImageError):
+            stores.parse_store(bad)
+    monkeypatch.setenv("DAISY_IMAGE_STORES", "dir:///a, oras://127.0.0.1:1/x")
+    urls = [s.url for s in stores.configured_stores({"stores": ["dir:///a", "dir:///b"]})]
+    assert urls == ["dir:///a", "oras://127.0.0.1:1/x", "dir:///b"]

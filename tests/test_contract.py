@@ -109,7 +109,32 @@ def test_failure_leaves_no_output(tmp_path):
     with pytest.raises(StepError, match=r"raw.h5: dataset /entry/missing does not exist"):
         run_job(job)
     assert not out.exists()
-    assert not (tmp_path / "out").exists()  # the folder the job made is removed again
+    # only the failed job's record is left: at the record path (a rule's output, which Snakemake
+    # deletes) and beside it under failed/ (what the provenance of a failed run reads)
+    left = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert left == ["failed/record.json", "record.json"]
+    record = json.loads((tmp_path / "out" / "failed" / "record.json").read_text())
+    assert record == json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["status"] == "failed" and record["record_version"] == 2
+    assert record["error"].startswith("StepError: ") and "dataset /entry/missing does not exist" in record["error"]
+    assert "\n" not in record["error"]
+    assert [s["step"] for s in record["steps"]] == ["hdf5.load", "hdf5.save", "hdf5.load"]
+    assert [s.get("status") for s in record["steps"]] == [None, None, "failed"]
+    assert record["failed_step"] == "hdf5.load" and record["outputs"] == {}
+    assert record["started"] <= record["steps"][0]["started"] <= record["ended"]
+    assert record["inputs"][str(raw)]["sha256"] == sha256_file(raw)
+
+
+def test_success_records_completed_and_clears_an_earlier_failure(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    stale = tmp_path / "out" / "failed" / "record.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"status": "failed"}')
+    record = run_job(_job(raw, out))
+    assert record["status"] == "completed" and record["record_version"] == 2 and "error" not in record
+    assert json.loads((tmp_path / "out" / "record.json").read_text())["status"] == "completed"
+    assert not stale.exists()
 
 
 def test_params_checked_before_any_data(tmp_path):
@@ -119,7 +144,10 @@ def test_params_checked_before_any_data(tmp_path):
     job["steps"][1]["params"] = {"compression": "zip"}
     with pytest.raises(ParamError, match="step hdf5.save"):
         run_job(job)
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
+    record = json.loads((tmp_path / "out" / "failed" / "record.json").read_text())
+    assert record["status"] == "failed" and record["steps"] == [] and "failed_step" not in record
+    assert record["error"].startswith("ParamError: step hdf5.save")
 
 
 def test_record_names_the_image_the_job_ran_in(tmp_path):
@@ -141,7 +169,9 @@ def test_chain_is_checked_before_any_data(tmp_path):
     job = _job(raw, out, image={"name": "gpu"})
     with pytest.raises(StepError, match=r"job t: step hdf5.load \(#1\) cannot run in image 'gpu'"):
         run_job(job)
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
+    record = json.loads((tmp_path / "out" / "failed" / "record.json").read_text())
+    assert record["status"] == "failed" and "cannot run in image 'gpu'" in record["error"]
 
 
 def test_output_may_not_overwrite_input(tmp_path):

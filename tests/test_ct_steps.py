@@ -44,7 +44,8 @@ from daisy_steps.ct import layouts  # noqa: E402
 from daisy_steps.ct.phantom import write_layout  # noqa: E402
 from daisy_steps.ct.slabs import plan_slabs  # noqa: E402
 from daisy_steps.errors import ParamError, StepError  # noqa: E402
-from daisy_steps.fileio import sha256_file  # noqa: E402
+from daisy_steps.fileio import sha256_file
+from daisy_steps.nxprocess import content_digest  # noqa: E402
 from daisy_steps.params import resolve  # noqa: E402
 from daisy_steps.png import encode_png, to_uint8  # noqa: E402
 
@@ -246,7 +247,9 @@ def test_bad_input_fails_naming_it_and_leaves_no_output(tmp_path, frames, case):
         run_job({**job(*steps), "record": str(out_dir / "record.json")})
     for pattern in patterns:
         assert re.search(pattern, str(err.value)), (pattern, str(err.value))
-    assert files_in(out_dir) == []
+    # no output survives; only the failed job's record (and its copy outside the rule's outputs)
+    assert files_in(out_dir) == ["failed/record.json", "record.json"]
+    assert json.loads((out_dir / "record.json").read_text())["status"] == "failed"
 
 
 def test_bad_input_on_the_command_line(tmp_path, frames):
@@ -432,7 +435,9 @@ def test_gather_outputs_are_byte_reproducible(slab_folder):
     run, volume, bounds = slab_folder
     run_job(gather_job(run, bounds, out="a"))
     run_job(gather_job(run, bounds, out="b"))
-    for name in ("volume.h5", "volume.tif", "xy.png", "xz.png", "yz.png"):
+    # the volume: every dataset and attribute, but the gather's own date (its NXprocess)
+    assert content_digest(run / "a" / "volume.h5") == content_digest(run / "b" / "volume.h5")
+    for name in ("volume.tif", "xy.png", "xz.png", "yz.png"):
         assert sha256_file(run / "a" / name) == sha256_file(run / "b" / name), name
 
 
@@ -618,7 +623,8 @@ def test_gather_in_base_image_and_move(ct_run, tmp_path):
     shutil.copytree(ct_run / "slabs", run / "slabs")
     run_in_image("base", gather_job(run, SLABS), tmp_path)
     run_in_image("base", gather_job(run, SLABS, out="again"), tmp_path)
-    for name in ("volume.h5", "volume.tif", "xy.png", "xz.png", "yz.png"):
+    assert content_digest(run / "volume" / "volume.h5") == content_digest(run / "again" / "volume.h5")
+    for name in ("volume.tif", "xy.png", "xz.png", "yz.png"):
         assert sha256_file(run / "volume" / name) == sha256_file(run / "again" / name), name
     with h5py.File(ct_run / "whole.h5", "r") as handle:
         whole = handle["/entry/recon/data"][()]
@@ -713,4 +719,4 @@ def test_bad_input_in_image_fails_and_leaves_no_output(ct_run, tmp_path):
     with pytest.raises(StepError, match="dxchange.h5: dataset /exchange/projections does not exist"):
         run_in_image("tomopy", job(*steps, name="bad"), tmp_path, inputs=[raw, center])
     assert not out.exists() or files_in(out) == []
-    assert not (tmp_path / "bad.rec.json").exists()
+    assert json.loads((tmp_path / "bad.rec.json").read_text())["status"] == "failed"  # the failure's record

@@ -464,7 +464,9 @@ def test_failures_name_the_problem_and_leave_no_output(data, tmp_path, case):
         run_job(job(steps, record=out / "rec.json"))
     for word in words:
         assert word in str(err.value), (word, str(err.value))
-    assert files_in(out) == []
+    # no output survives; only the failed job's record (and its copy outside the rule's outputs)
+    assert files_in(out) == ["failed", "failed/rec.json", "rec.json"]
+    assert json.loads((out / "rec.json").read_text())["status"] == "failed"
 
 
 def test_geometry_schema_errors():
@@ -544,4 +546,4 @@ def test_failure_in_image_names_dataset_and_leaves_no_output(data, tmp_path):
     with pytest.raises(StepError, match="stack_00003.h5: dataset /entry/data/nope does not exist"):
         run_in_pyfai_image(steps, "bad", work, inputs=[stack])
     assert files_in(work / "out") == []
-    assert not (work / "bad.rec.json").exists()
+    assert json.loads((work / "bad.rec.json").read_text())["status"] == "failed"  # the failure's record

@@ -4,8 +4,14 @@ One job per module:
 
 - ``paths``: where images are defined and cached, image metadata, definition keys, the host's
   Debian mirror and Apptainer version
-- ``lock``: ``containers/images.lock.json`` and the sha256 check of cached SIFs
-- ``build``: building images whose definition changed, with live progress
+- ``lock``: the committed lock ``containers/images.lock.json`` (the published truth), the local lock
+  ``<cache>/local-lock.json`` (local builds), and which file a run will use (``planned``)
+- ``resolve``: ``resolve`` (the checked image a run uses: cache, bundle, store, else local build),
+  ``planned_path``, ``check_signature``, ``ensure``, ``pull``/``push``, ``publish``
+- ``stores``: ``dir://`` and ``oras://`` stores, pull and push by digest
+- ``signing``: PEM (DSSE) signatures, trusted keys, the signature policy
+- ``bundle``: offline bundles (``daisy containers fetch``)
+- ``build``: building images whose definition changed, with live progress (local lock)
 - ``inspect``: an image's package manifest and (redacted) labels, via spython
 - ``execute``: bind specs, ``apptainer exec`` command lines, image holders
 - ``cli``: ``daisy containers ...``
@@ -18,15 +24,22 @@ from __future__ import annotations
 
 from .build import build
 from .execute import ImageHolders, bind_specs, exec_argv, hold_images
-from .lock import image_path, load_lock, locked_path, verify, verify_image, write_lock
+from .bundle import fetch_bundle, pipeline_images
+from .lock import (image_path, load_lock, local_entry, locked_path, planned, published_entry, verify, verify_image,
+                   write_lock)
 from .paths import (APPTAINER, CONTAINERS_DIR, LOCK_PATH, SCHEMAS_DIR, SCHEMAS_TARGET, STEPS_DIR, STEPS_TARGET,
-                    ImageDigestMismatch, ImageError, available_images, cache_dir, definition_key, image_meta)
+                    ImageDigestMismatch, ImageError, available_images, cache_dir, definition_key, image_meta,
+                    local_lock_path)
+from .resolve import ResolvedImage, check_signature, ensure, planned_path, publish, pull, push, resolve
 
 __all__ = [
     "ImageError", "ImageDigestMismatch",
     "LOCK_PATH", "CONTAINERS_DIR", "APPTAINER", "STEPS_DIR", "STEPS_TARGET", "SCHEMAS_DIR", "SCHEMAS_TARGET",
     "cache_dir", "available_images", "image_meta", "definition_key",
     "load_lock", "write_lock", "locked_path", "image_path", "verify_image", "verify",
+    "local_lock_path", "local_entry", "published_entry", "planned",
+    "ResolvedImage", "resolve", "planned_path", "check_signature", "ensure", "pull", "push", "publish",
+    "fetch_bundle", "pipeline_images",
     "build", "exec_argv", "bind_specs", "hold_images", "ImageHolders", "register_cli",
 ]
 

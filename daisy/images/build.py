@@ -1,8 +1,9 @@
 """Building images: only when the definition key changed, with progress shown live.
 
 ``build()`` reuses a cached SIF whose sidecar record (``<file>.json``) has the current
-definition key and whose sha256 still matches; otherwise it runs ``apptainer build``, names the
-SIF by its digest, reads its manifest and records it in the lock. The full build output goes to
+definition key and whose sha256 still matches (signed copies excepted); otherwise it runs
+``apptainer build``, names the SIF by its digest, reads its manifest and records it in the local
+lock (``<cache>/local-lock.json``), never in the committed ``containers/images.lock.json``. The full build output goes to
 ``<cache>/logs/<name>-<time>.log``; the console gets the phases.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from daisy_steps.fileio import write_json_atomic
 
 from . import paths
 from .inspect import read_manifest
-from .lock import load_lock, write_lock
+from .lock import record_local_build
 from .paths import (BUILD_ARG_NAMES, MKSQUASHFS_ARGS, ImageError, apptainer_version, available_images,
                     build_args, cache_dir, def_label, definition_file, definition_key, image_meta)
 
@@ -31,9 +32,11 @@ Log = Callable[[str], None]
 
 
 def build(names: Sequence[str] | None = None, force: bool = False, log: Log = print) -> list[dict]:
-    """Build images (all by default) whose definition key has no SIF in the cache; update the lock.
+    """Build images (all by default) whose definition key has no SIF in the cache; record them in
+    the **local** lock (``<cache>/local-lock.json``). The committed lock is never written here:
+    only ``daisy containers publish`` pins a digest there.
 
-    Returns the lock entries of ``names``. Everything is validated before the first (long) build.
+    Returns the local lock entries of ``names``. Everything is validated before the first (long) build.
     """
     log = _flushing(log)
     names = list(names) if names else available_images()
@@ -51,9 +54,7 @@ def build(names: Sequence[str] | None = None, force: bool = False, log: Log = pr
             log(f"[{name}] up to date: {entry['file']} (definition sha256 {key[:12]})")
         else:
             entry = _build_one(name, key, tool_version, log)
-        lock = load_lock()
-        lock["images"][name] = entry
-        write_lock(lock)
+        record_local_build(entry)
         results.append(entry)
     return results
 
@@ -170,6 +171,8 @@ def _cached_entry(name: str, key: str) -> dict | None:
     """The build record of a cached, intact SIF of ``name`` built from definition ``key``."""
     for sidecar, entry in _sidecars(name):
         sif = cache_dir() / entry.get("file", "")
+        if entry.get("signature"):
+            continue                           # a signed copy is not what the definition builds
         if entry.get("definition_sha256") == key and sif.is_file() and sif.name == sidecar.name[:-5]:
             if sha256_file(sif) == entry.get("image_sha256"):
                 return entry

@@ -1,19 +1,31 @@
-"""The image lock (``containers/images.lock.json``) and the digest check of cached images.
+"""The two locks and where a run's image file is.
 
-The lock names, per image, the SIF file (``<name>-<version>@sha256-<hex>.sif`` in the cache),
-its sha256 and its build record. Every run verifies the cached SIF against it first.
+- The **committed lock** (``containers/images.lock.json``) is the published truth: per image the
+  SIF its maintainers published (``<name>-<version>@sha256-<hex>.sif``), its sha256, its build
+  record and where it was published (``stores``, ``signature``). Only
+  ``daisy containers publish`` writes it.
+- The **local lock** (``<cache>/local-lock.json``, :func:`paths.local_lock_path`) records images
+  built on this machine (``daisy containers build``). A run uses a local build only when the
+  published image can be neither found nor fetched, and says so.
+
+:func:`planned` answers, without network or hashing, which file a run will use;
+:func:`daisy.images.resolve.resolve` checks it (sha256) and fetches it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from daisy.hashing import sha256_file
 from daisy_steps.fileio import write_json_atomic
 
 from . import paths
-from .paths import LOCK_VERSION, ImageDigestMismatch, ImageError, cache_dir
+from .paths import LOCK_VERSION, ImageError, cache_dir
+
+ENSURE_HINT = "run `daisy containers ensure {name}` (gets the published image, else builds it locally)"
 
 
 def load_lock(path: Path | None = None) -> dict:
@@ -36,44 +48,110 @@ def write_lock(lock: dict, path: Path | None = None) -> None:
     write_json_atomic(Path(path) if path else paths.LOCK_PATH, dict(lock, lock_version=LOCK_VERSION), mode=0o644)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created) while the block runs: read-modify-rename of a
+    JSON index by concurrent writers (two builds, two pushes to one store) loses no entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def update_lock(path: Path, name: str, entry: dict | None, guard: Path | None = None) -> None:
+    """Set (or, with None, remove) image ``name``'s entry of the lock at ``path``, holding the file
+    lock ``guard`` (default ``<path>.lock``)."""
+    with file_lock(guard or path.with_name(path.name + ".lock")):
+        lock = load_lock(path)
+        if entry is None:
+            lock["images"].pop(name, None)
+        else:
+            lock["images"][name] = entry
+        write_lock(lock, path)
+
+
+# ------------------------------------------------------------------------------ the two locks
+
+def published_entry(name: str) -> dict | None:
+    """Image ``name``'s entry of the committed lock, or None."""
+    return load_lock()["images"].get(name)
+
+
+def local_entry(name: str) -> dict | None:
+    """Image ``name``'s entry of the local lock (built on this machine), or None."""
+    return load_lock(paths.local_lock_path())["images"].get(name)
+
+
+def record_local_build(entry: dict) -> None:
+    """Record a local build in the local lock (atomic, safe against concurrent builds)."""
+    update_lock(paths.local_lock_path(), entry["name"], dict(entry, origin="local build"))
+
+
 def lock_entry(name: str) -> dict:
-    """The lock's entry of image ``name``; ImageError (saying how to build it) if absent."""
-    entry = load_lock()["images"].get(name)
+    """The committed lock's entry of image ``name``; ImageError (saying what to do) if absent."""
+    entry = published_entry(name)
     if not entry:
-        raise ImageError(f"image '{name}' is not in {paths.LOCK_PATH.name}; run `daisy containers build {name}`")
+        raise ImageError(f"image '{name}' is not in {paths.LOCK_PATH.name}; "
+                         f"{ENSURE_HINT.format(name=name)} or publish it (`daisy containers publish {name}`)")
     return entry
 
 
+def planned(name: str) -> tuple[dict, Path, str]:
+    """``(lock entry, path, origin)`` of the image a run of ``name`` will use; no network, no hashing.
+
+    The published file if it is in the cache; its copy in an offline bundle (a ``dir://`` store
+    marked as bundle) if one is configured; its cache path if any store is configured (a run
+    will pull it); else the local build if one is recorded; else the published file's path.
+    """
+    from .stores import bundle_file, configured_stores
+
+    pub, loc = published_entry(name), local_entry(name)
+    if pub:
+        path = cache_dir() / pub["file"]
+        if path.is_file():
+            return pub, path, "published"
+        found = bundle_file(pub)
+        if found:
+            return pub, found, "bundle"
+        if configured_stores(pub):
+            return pub, path, "published"
+    if loc and ((cache_dir() / loc["file"]).is_file() or not pub):
+        return loc, cache_dir() / loc["file"], "local build"
+    if pub:
+        return pub, cache_dir() / pub["file"], "published"
+    raise ImageError(f"image '{name}' is neither in {paths.LOCK_PATH.name} nor built on this machine; "
+                     f"{ENSURE_HINT.format(name=name)}")
+
+
 def locked_path(name: str) -> Path:
-    """Where the locked image ``name`` belongs in the cache, whether or not it is there yet."""
-    return cache_dir() / lock_entry(name)["file"]
+    """The path a run of image ``name`` will use, whether or not the file is there yet
+    (:func:`planned`; for Snakemake's ``container:`` at parse time, lint and dry-run)."""
+    return planned(name)[1]
 
 
 def image_path(name: str) -> Path:
-    """Digest-bearing path of the locked image in the cache, which must exist (not verified:
-    see :func:`verify_image`)."""
-    entry = lock_entry(name)
-    path = cache_dir() / entry["file"]
+    """The path of image ``name`` a run uses, which must exist (not verified: see
+    :func:`verify_image`)."""
+    entry, path, origin = planned(name)
     if not path.is_file():
         raise ImageError(f"image '{name}' ({entry['file']}) is not in the cache {cache_dir()}; "
-                         f"run `daisy containers build {name}`")
+                         f"{ENSURE_HINT.format(name=name)}")
     return path
 
 
 def verify_image(name: str) -> Path:
-    """Check the cached SIF against the lock; return its path or raise ImageDigestMismatch."""
-    entry = lock_entry(name)
-    path = image_path(name)
-    actual = sha256_file(path)
-    if actual != entry["image_sha256"]:
-        raise ImageDigestMismatch(
-            f"image '{name}' digest mismatch: lock expects sha256:{entry['image_sha256']}, "
-            f"{path} has sha256:{actual}")
-    return path
+    """The verified path of image ``name`` (:func:`daisy.images.resolve.resolve` without fetching):
+    ImageDigestMismatch (naming both digests) if its sha256 is not the recorded one."""
+    from .resolve import resolve
+
+    return resolve(name, fetch=False).path
 
 
 def verify(names: Iterable[str] | None = None) -> list[str]:
-    """Verify locked images (all, or ``names``); return one message per problem (empty: all good)."""
+    """Verify images (all of the committed lock, or ``names``); one message per problem."""
     names = list(names) if names else sorted(load_lock()["images"])
     problems = []
     for name in names:

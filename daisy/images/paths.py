@@ -34,6 +34,7 @@ MKSQUASHFS_ARGS = "-comp lz4 -Xhc"
 BUILD_ARG_NAMES = ("mirror",)
 EXEC_OPTIONS = ("--containall", "--cleanenv", "--no-home")
 DEFAULT_ORDER = ("base", "tomopy", "pyfai")
+LOCAL_LOCK_NAME = "local-lock.json"       # local builds, beside the cache (never the committed lock)
 
 
 class ImageError(RuntimeError):
@@ -53,6 +54,11 @@ def cache_dir() -> Path:
     if path.is_relative_to(REPO):
         raise ImageError(f"image cache {path} is inside the repository; set DAISY_IMAGE_CACHE elsewhere")
     return path
+
+
+def local_lock_path() -> Path:
+    """The local lock: images built on this machine (``<cache>/local-lock.json``), never committed."""
+    return cache_dir() / LOCAL_LOCK_NAME
 
 
 def image_dir(name: str) -> Path:

@@ -4,7 +4,8 @@
                                  -> stripe -> find centre -> sinogram preview
     ct_slab_NNNN x N   (tomopy)  load slab rows -> normalize -> angles -> minus-log -> stripe
                                  -> reconstruct with the centre found -> save slab
-    ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
+    ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF);
+                                 the records of the jobs above become the volume's NXprocess groups
 
 Each job is one process in one image; arrays pass in memory between its steps.
 """
@@ -153,6 +154,9 @@ def plan(run: Run) -> None:
         run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, r1 - r0))
 
     slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(bounds))}
+    # the records of the jobs that made the volume: its NXprocess groups (daisy_steps/nxprocess.py)
+    made_by = [*([] if manual else ["ct_center"]), *(SLAB.job_name(i) for i in range(len(bounds)))]
+    records = {f"record_{name}": run.record_file(name) for name in made_by}
     outputs = {slot: run.output("ct_gather", slot) for slot in run.outputs["ct_gather"]}
-    gather = {"step": "ct.gather", "params": {}, "inputs": slabs, "outputs": outputs}
+    gather = {"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": outputs}
     run.add_job("ct_gather", [gather], threads=1, mem_mb=512, runtime_min=15)

@@ -1,7 +1,8 @@
 """The XRD pipeline's plan: one integration job per frame block, one gather job.
 
     xrd_block_NNNN x N  (pyfai)  load frames (streamed) -> mask -> integrate -> save block
-    xrd_gather          (pyfai)  blocks in frame order -> one NeXus file per scan (+ .xy, previews)
+    xrd_gather          (pyfai)  blocks in frame order -> one NeXus file per scan (+ .xy, previews);
+                                 the block jobs' records become its NXprocess groups
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def plan(run: Run) -> None:
         run.add_job("xrd_block", steps, index, threads=cfg["threads"], mem_mb=2048,
                     extra_inputs=(*linked, *([poni] if poni else [])))
     blocks = {f"block_{i:04d}": run.output("xrd_block", "block", i) for i in range(len(bounds))}
+    # the block jobs' records: the result file's NXprocess groups (daisy_steps/nxprocess.py)
+    records = {f"record_{BLOCK.job_name(i)}": run.record_file(BLOCK.job_name(i)) for i in range(len(bounds))}
     outputs = {slot: run.output("xrd_gather", slot) for slot in run.outputs["xrd_gather"]}
     gather = {"step": "xrd.gather", "params": {"compression": cfg["save"]["compression"]},
-              "inputs": blocks, "outputs": outputs}
+              "inputs": {**blocks, **records}, "outputs": outputs}
     run.add_job("xrd_gather", [gather], threads=1, mem_mb=1024, runtime_min=15)

@@ -14,9 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..core import Step
+from ..core import Step, now
 from ..errors import StepError
-from ..h5 import compression_options, get_dataset, open_file
+from ..h5 import compression_options, get_dataset, nx_group, open_file
+from ..nxprocess import own_process, processes, read_records, write_processes
 from ..png import to_uint8, write_png
 from ..ports import Port
 
@@ -34,12 +35,6 @@ def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 
 def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-
-
-def _nx_group(handle: h5py.File, path: str, nx_class: str) -> h5py.Group:
-    group = handle.require_group(path)
-    group.attrs["NX_class"] = nx_class
-    return group
 
 
 class SaveSlab(Step):
@@ -70,8 +65,8 @@ class SaveSlab(Step):
         dataset = ref.dataset or SLAB_DATASET
         with h5py.File(ref.path, "w", track_order=False) as handle:
             handle.attrs["default"] = "entry"
-            entry = _nx_group(handle, "/entry", "NXentry")
-            group = _nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
+            entry = nx_group(handle, "/entry", "NXentry")
+            group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
             group.attrs["signal"] = dataset.rsplit("/", 1)[1]
             entry.attrs["default"] = group.name.rsplit("/", 1)[1]
             dset = group.create_dataset(dataset.rsplit("/", 1)[1], data=data,
@@ -138,10 +133,13 @@ def _virtual_dataset(group: h5py.Group, name: str, shape, dtype, mapping) -> h5p
 class Gather(Step):
     """Join slab files into one volume without copying: an HDF5 virtual dataset (NXdata) whose
     sources are the slab files by *relative* path, so the folder can be moved. Optionally a
-    multi-page TIFF and PNG previews of the three central orthogonal slices.
+    multi-page TIFF and PNG previews of the three central orthogonal slices. The volume carries
+    one NeXus NXprocess per step that made it (``/entry/process_NN_<step>``), from the records
+    of the jobs that made the slabs, and one for itself (``daisy_steps.nxprocess``).
 
-    Inputs ``slab*``; outputs ``volume`` (required), ``tiff``, ``preview_xy``, ``preview_xz``,
-    ``preview_yz`` (optional). Reads one slice at a time (memory: one slab slice)."""
+    Inputs ``slab*`` and ``record_<job>`` (the records of the centre and slab jobs; optional);
+    outputs ``volume`` (required), ``tiff``, ``preview_xy``, ``preview_xz``, ``preview_yz``
+    (optional). Reads one slice at a time (memory: one slab slice)."""
 
     name = "ct.gather"
     version = "1.0.0"
@@ -152,6 +150,8 @@ class Gather(Step):
 
     def execute(self) -> None:
         p = self.params
+        started = now()
+        made_by = processes(read_records(self.ctx))  # read before anything is written
         slabs = _slab_inputs(self.ctx, p["dataset"])
         nz = sum(s["shape"][0] for s in slabs)
         ny, nx = slabs[0]["shape"][1:]
@@ -168,8 +168,8 @@ class Gather(Step):
         sources = [rel for _, rel, _ in mapping]
         with h5py.File(ref.path, "w") as handle:
             handle.attrs["default"] = "entry"
-            entry = _nx_group(handle, "/entry", "NXentry")
-            group = _nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
+            entry = nx_group(handle, "/entry", "NXentry")
+            group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
             name = dataset.rsplit("/", 1)[1]
             group.attrs["signal"] = name
             group.attrs["axes"] = np.array([".", ".", "."], dtype=h5py.string_dtype())
@@ -181,6 +181,7 @@ class Gather(Step):
             dset.attrs["row_offset"] = slabs[0]["offset"]
             dset.attrs["slab_files"] = np.array(sources, dtype=h5py.string_dtype())
             dset.attrs["slab_row_offsets"] = np.array([s["offset"] for s in slabs], dtype=np.int64)
+            write_processes(entry, made_by, own_process(self, started))
         self._extras(slabs, (nz, ny, nx))
         self.ctx.results.update(shape=[nz, ny, nx], slabs=len(slabs), slab_files=sources,
                               row_offset=slabs[0]["offset"])

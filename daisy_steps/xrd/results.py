@@ -12,6 +12,9 @@ File layout (block and gathered files alike)::
                                               fit2d/* (with units), geometry, integration (JSON)
         mask                    uint8 [rows, cols], 1 = pixel excluded
       input                     NXcollection  source (JSON list, one entry per block)
+      process_NN_<step>         NXprocess  gathered files only: one per step that made the
+                                           data, in chain order, and xrd.gather's own
+                                           (daisy_steps/nxprocess.py)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import h5py
 import numpy as np
 
 from ..errors import StepError
-from ..h5 import compression_options
+from ..h5 import compression_options, nx_group
 
 UNITS = {
     "2th_deg": ("two_theta", "deg", "2θ"),
@@ -60,11 +63,6 @@ def mask_digest(mask: np.ndarray | None) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def _nx(group, cls: str):
-    group.attrs["NX_class"] = cls
-    return group
-
-
 def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -79,7 +77,7 @@ class ResultWriter:
             raise StepError(f"unknown radial unit {unit}")
         rad_name, rad_units, rad_label = UNITS[unit]
         comp = compression_options(compression)
-        entry = _nx(handle.create_group("entry"), "NXentry")
+        entry = nx_group(handle, "entry", "NXentry")
         entry.attrs["default"] = "integrate_1d"
         self.handle, self.n = handle, n_frames
 
@@ -91,7 +89,7 @@ class ResultWriter:
             return dset
 
         npt = len(radial)
-        g1 = _nx(entry.create_group("integrate_1d"), "NXdata")
+        g1 = nx_group(entry, "integrate_1d", "NXdata")
         g1.attrs.update({"signal": "intensity", "axes": ["frame", rad_name], "frame_indices": 0,
                          f"{rad_name}_indices": 1, "pyfai_unit": unit})
         self.frame1 = g1.create_dataset("frame", shape=(n_frames,), dtype=np.int64)
@@ -108,7 +106,7 @@ class ResultWriter:
             self.s1.attrs.update({"units": "counts", "long_name": "standard deviation of intensity"})
         self.frame2 = self.i2 = self.s2 = None
         if radial_2d is not None:
-            g2 = _nx(entry.create_group("integrate_2d"), "NXdata")
+            g2 = nx_group(entry, "integrate_2d", "NXdata")
             g2.attrs.update({"signal": "intensity", "axes": ["frame", "chi", rad_name], "frame_indices": 0,
                              "chi_indices": 1, f"{rad_name}_indices": 2, "pyfai_unit": unit})
             self.frame2 = g2.create_dataset("frame", shape=(n_frames,), dtype=np.int64)
@@ -123,16 +121,16 @@ class ResultWriter:
                 self.s2 = g2.create_dataset("intensity_errors", shape=shape, dtype=np.float32,
                                             chunks=(1,) + shape[1:], **comp)
                 self.s2.attrs.update({"units": "counts", "long_name": "standard deviation of intensity"})
-        proc = _nx(entry.create_group("process"), "NXprocess")
+        proc = nx_group(entry, "process", "NXprocess")
         proc.create_dataset("program", data="pyFAI")
         proc.create_dataset("version", data=str(settings.get("pyfai_version", "unknown")))
         proc.create_dataset("sequence_index", data=1)
-        params = _nx(proc.create_group("parameters"), "NXparameters")
+        params = nx_group(proc, "parameters", "NXparameters")
         params.create_dataset("poni", data=geometry.get("poni", ""))
         params["poni"].attrs["description"] = "pyFAI PONI geometry used (comment lines removed)"
         wl = params.create_dataset("wavelength", data=float(geometry["wavelength_angstrom"]))
         wl.attrs["units"] = "angstrom"
-        f2d = _nx(params.create_group("fit2d"), "NXcollection")
+        f2d = nx_group(params, "fit2d", "NXcollection")
         for key, value in geometry.get("fit2d", {}).items():
             f2d.create_dataset(key, data=float(value)).attrs["units"] = FIT2D_UNITS[key]
         params.create_dataset("geometry", data=json.dumps(geometry, sort_keys=True))
@@ -145,7 +143,7 @@ class ResultWriter:
                                     chunks=True, compression="gzip", compression_opts=4)
             m.attrs["long_name"] = "combined mask used (1 = pixel excluded)"
         proc.attrs["mask_sha256"] = mask_digest(mask)
-        inp = _nx(entry.create_group("input"), "NXcollection")
+        inp = nx_group(entry, "input", "NXcollection")
         inp.create_dataset("source", data=json.dumps(sources, sort_keys=True))
 
     def write(self, offset: int, frames, intensity, sigma=None, cake=None, sigma_2d=None) -> None:

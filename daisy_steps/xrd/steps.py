@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core import Step
+from ..core import Step, now
 from ..errors import StepError
+from ..nxprocess import own_process, processes, read_records, write_processes
 from ..ports import Port
 from . import FRAMES_KEY, MASK_KEY, RESULT_KEY
 from .frames import ArraySource, FrameSource, open_source, read_image
@@ -274,7 +275,12 @@ class SaveBlock(Step):
 # ---------------------------------------------------------------------------------------------
 
 class Gather(Step):
-    """Join block files in frame order into one NeXus file per scan; .xy files and PNG previews."""
+    """Join block files in frame order into one NeXus file per scan; .xy files and PNG previews.
+    The file carries one NeXus NXprocess per step that made it (``/entry/process_NN_<step>``),
+    from the records of the block jobs, and one for itself (``daisy_steps.nxprocess``).
+
+    Inputs ``block*`` and ``record_<job>`` (the block jobs' records; optional); outputs
+    ``result`` (required), ``xy`` (a folder), ``pattern_png``, ``cake_png`` (optional)."""
 
     name = "xrd.gather"
     version = "1.0.0"
@@ -284,6 +290,8 @@ class Gather(Step):
     provides: dict[str, Port] = {}
 
     def initialize(self) -> None:
+        self.started = now()
+        self.made_by = processes(read_records(self.ctx))
         slots = sorted(s for s in self.ctx.input_slots() if s.startswith("block"))
         if not slots:
             raise StepError(f"step {self.name}: no input slots named block* (block_0000, block_0001, ...)")
@@ -365,6 +373,8 @@ class Gather(Step):
                         if p["preview_frame"] is not None and int(b.frames[i]) == p["preview_frame"]:
                             cake_pick = c.astype(np.float64)
                 offset += m
+            # after the data: its chunks lie where they did before (run-dependent lengths follow)
+            write_processes(handle["entry"], self.made_by, own_process(self, self.started))
         for b in self.blocks:
             b.close()
         self.blocks = []
