@@ -119,8 +119,9 @@ def rule_spec(run: Run, stage: str) -> RuleSpec:
         container=str(images.locked_path(st.image)),
         input=lambda wildcards: {"job": run.job_file(job(wildcards).name), "data": job(wildcards).inputs},
         threads=lambda wildcards: job(wildcards).threads,
-        resources={"mem_mb": lambda wildcards: job(wildcards).mem_mb,
-                   "runtime": lambda wildcards: job(wildcards).runtime_min},
+        # a retried job (profile ``retries``) asks for more: an out-of-memory kill is the usual cause
+        resources={"mem_mb": lambda wildcards, attempt: job(wildcards).mem_mb * attempt,
+                   "runtime": lambda wildcards, attempt: job(wildcards).runtime_min * attempt},
         wildcard_constraints={INDEX: INDEX_PATTERN} if st.indexed else {},
     )
 

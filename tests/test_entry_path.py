@@ -58,8 +58,9 @@ def test_rule_directives_match_the_plan(tmp_path):
             outputs = {slot: str(p).format(**wildcards) for slot, p in spec.output.items()}
             assert outputs == {**job.outputs, "record": run.record_file(job.name)}
             assert spec.threads(wildcards) == job.threads
-            assert spec.resources["mem_mb"](wildcards) == job.mem_mb > 0   # gathers too
-            assert spec.resources["runtime"](wildcards) == job.runtime_min > 0
+            assert spec.resources["mem_mb"](wildcards, 1) == job.mem_mb > 0   # gathers too
+            assert spec.resources["mem_mb"](wildcards, 2) == 2 * job.mem_mb    # more on a retry
+            assert spec.resources["runtime"](wildcards, 1) == job.runtime_min > 0
             assert spec.input(wildcards)["job"] == run.job_file(job.name)
             assert set(job.inputs) <= set(spec.input(wildcards)["data"])
             assert f"{job.image}-" in spec.container
