@@ -129,8 +129,9 @@ class StepStore:
 class JobContext:
     """What a step may know of its job: file slots, temporary outputs, threads, the job's name,
     image (``{name, version, sha256}``) and step-code pin (for the provenance a gather step
-    writes into its result), and the results it reports in the job record (``results``, e.g.
-    the rotation centre)."""
+    writes into its result), the results it reports in the job record (``results``, e.g.
+    the rotation centre), and its warnings (:meth:`warn`: the record's ``warnings``, printed
+    at the end of the run)."""
 
     def __init__(self, inputs: dict[str, str], outputs: dict[str, str], outset: OutputSet,
                  threads: int, step: str, job_name: str | None = None,
@@ -144,6 +145,14 @@ class JobContext:
         self.image = dict(image) if isinstance(image, dict) else ({"name": image} if image else None)
         self.code_sha256 = code_sha256
         self.results: dict[str, Any] = {}
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        """A warning the person running the job must see: one line, kept in the job record
+        (``warnings``, also per step), logged, and printed on the console when the run ends."""
+        line = " ".join(str(message).split())
+        self.warnings.append(line)
+        logging.getLogger(f"daisy.{self.step}").warning("%s", line)
 
     def has_input(self, slot: str) -> bool:
         return slot in self._inputs
@@ -370,7 +379,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             started, clock = now(), time.perf_counter()
             running = {"step": cls.name, "version": cls.version, "image": image, "params": params,
                        "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
-                       "started": started, "clock": clock, "results": ctx.results}
+                       "started": started, "clock": clock, "results": ctx.results, "warnings": ctx.warnings}
             log.info("%s %s: start", cls.name, cls.version)
             try:
                 step.initialize()
@@ -388,6 +397,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 "step": cls.name, "version": cls.version, "image": image, "params": params,
                 "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
                 "started": started, "ended": now(), "seconds": round(seconds, 6), "results": ctx.results,
+                "warnings": ctx.warnings,
             })
             running = None
         finals = outset.commit()
@@ -397,6 +407,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         raise
     input_paths = {FileRef.parse(v).path for s in job["steps"] for v in s.get("inputs", {}).values()}
     record["status"] = "completed"
+    record["warnings"] = _warnings(record)
     record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(input_paths) if p.is_file()}
     record["outputs"] = {str(p): _describe(p, hash_limit) for p in finals}
     record["libraries"] = libraries
@@ -405,6 +416,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         write_json_atomic(job["record"], record)
         failed_record_path(job["record"]).unlink(missing_ok=True)   # an earlier attempt's failure
     return record
+
+
+def _warnings(record: dict[str, Any]) -> list[str]:
+    """Every step's warnings, ``"<step>: <warning>"`` in step order (the record's ``warnings``)."""
+    return [f"{entry['step']}: {line}" for entry in record["steps"] for line in entry.get("warnings", [])]
 
 
 def failed_record_path(record_path: str | os.PathLike) -> Path:
@@ -434,6 +450,7 @@ def _write_failed_record(job: dict[str, Any], record: dict[str, Any], exc: BaseE
             record["steps"].append({**running, "ended": ended, "seconds": round(time.perf_counter() - clock, 6),
                                     "status": "failed"})
             record["failed_step"] = running["step"]
+        record["warnings"] = _warnings(record)
         inputs = {FileRef.parse(v).path for s in job.get("steps", []) if isinstance(s, dict)
                   for v in s.get("inputs", {}).values()}
         record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(inputs) if p.is_file()}

@@ -25,8 +25,8 @@ from .workflow_helpers import REPO, daisy
 PROFILE_URIS = {"https://w3id.org/ro/wfrun/process/0.5", "https://w3id.org/ro/wfrun/workflow/0.5",
                 "https://w3id.org/ro/wfrun/provenance/0.5", "https://w3id.org/workflowhub/workflow-ro-crate/1.0"}
 SIF = "https://w3id.org/ro/terms/workflow-run#SIFImage"
-VALIDATE = ("import json, sys\nfrom daisy import crate\n"
-            "print(json.dumps(crate.validate(sys.argv[1], severity='REQUIRED')))\n")
+VALIDATE = ("import json, sys\nfrom daisy import crate_validate\n"
+            "print(json.dumps(crate_validate.validate(sys.argv[1], severity='REQUIRED')))\n")
 GUARD = ("import socket\n"
          "def _refuse(*a, **k):\n    raise OSError('network use refused by the test')\n"
          "socket.socket.connect = _refuse\nsocket.getaddrinfo = _refuse\nsocket.create_connection = _refuse\n")

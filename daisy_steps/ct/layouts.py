@@ -1,8 +1,17 @@
 """Raw tomography file layouts: where projections, flats, darks and angles live, and slab reads.
 
 Three layouts are known (``LAYOUTS``): NeXus NXtomo (one frame stack with an ``image_key``),
-Data Exchange (``/exchange``) and the original DAISY design (``/entry/tomo``). Only the
-requested detector rows are read (h5py hyperslabs), so a slab job holds only its slab.
+Data Exchange (``/exchange``) and the original DAISY design (``/entry/tomo``). An NXtomo entry
+is found the way NeXus defines it, by its attributes, wherever it is: a group of ``NX_class``
+NXentry (or an NXsubentry in one) whose ``definition`` is NXtomo; inside it, the detector and
+sample groups are found by their ``NX_class`` (NXdetector, NXsample, NXdata), not by name. A
+file with several NXtomo entries needs ``entry`` to pick one. Only the requested detector rows
+are read (h5py hyperslabs), so a slab job holds only its slab.
+
+:func:`resolve_paths` also checks what the file's metadata can tell before any frame is read
+(datasets present, 3D, not empty, numeric; flats and darks of the projections' frame shape;
+one image key and one angle per frame): the pipeline calls it when it plans a run, so such a
+file is refused before any job starts.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ LAYOUTS: dict[str, dict[str, str | None]] = {
 DETECT_ORDER = ("nxtomo", "dxchange", "daisy")
 #: NXtomo image_key values
 KEY_PROJECTION, KEY_FLAT, KEY_DARK = 0, 1, 2
+NXTOMO = "NXtomo"
 
 
 @dataclass
@@ -46,27 +56,147 @@ class Paths:
     image_key: str | None = None
     angles: str | None = None
     angles_required: bool = False
+    entry: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
+# -- NeXus: entries and groups found by their attributes ------------------------------------------
+
+def _text(value) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else ""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return str(value).strip()
+
+
+def nx_class(obj) -> str:
+    """The ``NX_class`` attribute of an HDF5 object ("" if none)."""
+    try:
+        return _text(obj.attrs.get("NX_class", ""))
+    except (OSError, KeyError):
+        return ""
+
+
+def _members(group: h5py.Group):
+    """``(name, object)`` of a group's members that can be opened (a broken link is skipped)."""
+    for name in sorted(group):
+        try:
+            obj = group.get(name)
+        except (OSError, KeyError):
+            continue
+        if obj is not None:
+            yield name, obj
+
+
+def _definition(group: h5py.Group) -> str:
+    obj = group.get("definition") if "definition" in group else None
+    if isinstance(obj, h5py.Dataset):
+        try:
+            return _text(obj[()])
+        except (OSError, TypeError):
+            return ""
+    return _text(group.attrs.get("definition", ""))
+
+
+def nxtomo_entries(handle: h5py.File) -> list[str]:
+    """Paths of the file's NXtomo entries: top-level groups of NX_class NXentry (or NXsubentry
+    groups in one) whose ``definition`` (a field, or an attribute) is NXtomo, in name order."""
+    found = []
+    for _, obj in _members(handle):
+        if not isinstance(obj, h5py.Group) or nx_class(obj) != "NXentry":
+            continue
+        if _definition(obj).lower() == NXTOMO.lower():
+            found.append(obj.name)
+        for _, sub in _members(obj):
+            if isinstance(sub, h5py.Group) and nx_class(sub) == "NXsubentry" and _definition(sub).lower() == NXTOMO.lower():
+                found.append(sub.name)
+    return found
+
+
+def _children(group: h5py.Group, cls: str) -> list[h5py.Group]:
+    return [obj for _, obj in _members(group) if isinstance(obj, h5py.Group) and nx_class(obj) == cls]
+
+
+def _dataset_in(group: h5py.Group | None, name: str) -> str | None:
+    if group is not None and isinstance(group.get(name), h5py.Dataset):
+        return f"{group.name}/{name}"
+    return None
+
+
+def nxtomo_paths(handle: h5py.File, entry: str) -> dict[str, str | None]:
+    """Projection, image-key and angle paths of an NXtomo entry: the NXdetector (in an
+    NXinstrument) holding ``data``, its ``image_key`` (else the NXdata group's), the NXsample's
+    ``rotation_angle`` (else the NXdata group's); groups found by NX_class, then by the names
+    NXtomo uses (instrument/detector, sample, data)."""
+    group = handle[entry]
+    detectors = [d for inst in _children(group, "NXinstrument") for d in _children(inst, "NXdetector")]
+    detectors = [d for d in detectors if isinstance(d.get("data"), h5py.Dataset)]
+    detectors.sort(key=lambda d: "image_key" not in d)   # the detector with an image key first
+    named = group.get("instrument/detector")
+    detector = detectors[0] if detectors else (named if isinstance(named, h5py.Group) else None)
+    nxdata = (_children(group, "NXdata") or [None])[0]
+    samples = _children(group, "NXsample") or ([group["sample"]] if isinstance(group.get("sample"), h5py.Group) else [])
+    data = _dataset_in(detector, "data") or _dataset_in(nxdata, "data") or f"{entry}/instrument/detector/data"
+    key = _dataset_in(detector, "image_key") or _dataset_in(nxdata, "image_key") or f"{entry}/instrument/detector/image_key"
+    angles = (next((p for s in samples if (p := _dataset_in(s, "rotation_angle"))), None)
+              or _dataset_in(nxdata, "rotation_angle") or f"{entry}/sample/rotation_angle")
+    return {"data": data, "image_key": key, "angles": angles}
+
+
+def choose_entry(handle: h5py.File, wanted: str | None) -> str | None:
+    """The NXtomo entry to read: ``wanted`` (a name or path), else the only one; a file with
+    several and none chosen is refused, naming them. None: the file has no NXtomo entry."""
+    entries = nxtomo_entries(handle)
+    listing = ", ".join(entries) or "none"
+    if wanted:
+        path = "/" + wanted.strip("/")
+        if path in entries:
+            return path
+        group = handle.get(path)
+        if isinstance(group, h5py.Group) and isinstance(group.get("instrument/detector/data"), h5py.Dataset):
+            return path          # an entry without NeXus attributes, laid out as NXtomo
+        what = "does not exist" if group is None else "is not an NXtomo entry (NX_class NXentry with definition NXtomo)"
+        raise StepError(f"{handle.filename}: entry {path} (field 'entry', config field input.entry) {what}; "
+                        f"the file's NXtomo entries: {listing}")
+    if len(entries) > 1:
+        raise StepError(f"{handle.filename}: {len(entries)} NXtomo entries ({listing}): set 'entry' "
+                        f"(config field input.entry) to the one to reconstruct")
+    return entries[0] if entries else None
+
+
 def detect_layout(handle: h5py.File) -> str:
-    """The first layout (NXtomo, Data Exchange, DAISY) whose projection dataset exists."""
+    """NXtomo if the file has an NXtomo entry (by its attributes); else the first layout
+    (NXtomo, Data Exchange, DAISY) whose projection dataset exists at its default path."""
+    if nxtomo_entries(handle):
+        return "nxtomo"
     for name in DETECT_ORDER:
         path = LAYOUTS[name]["data"]
         if path in handle and isinstance(handle[path], h5py.Dataset):
             return name
     tried = ", ".join(f"{LAYOUTS[n]['data']} ({n})" for n in DETECT_ORDER)
-    raise StepError(f"{handle.filename}: cannot detect the raw layout: none of {tried} exists; "
+    raise StepError(f"{handle.filename}: cannot detect the raw layout: no NXtomo entry (NX_class NXentry with "
+                    f"definition NXtomo) and none of {tried} exists; "
                     f"set 'layout' and the dataset paths (data_path, ...) explicitly")
 
 
-def resolve_paths(handle: h5py.File, params: dict) -> Paths:
-    """Dataset paths for this file: the layout's defaults with the ``*_path`` overrides."""
+def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, check: bool = True) -> Paths:
+    """Dataset paths for this file: the layout's (or the NXtomo entry's) with the ``*_path``
+    overrides; with ``check``, the metadata checks of :func:`check_metadata` too."""
     layout = params["layout"]
+    wanted = params.get("entry")
     if layout == "auto":
-        layout = detect_layout(handle)
-    default = LAYOUTS[layout]
-    paths = Paths(layout=layout, data=params.get("data_path") or default["data"])
+        layout = "nxtomo" if wanted else detect_layout(handle)
+    if wanted and layout != "nxtomo":
+        raise StepError(f"{handle.filename}: 'entry' (config field input.entry) applies to layout nxtomo only, "
+                        f"not {layout}")
+    default = dict(LAYOUTS[layout])
+    entry = None
+    if layout == "nxtomo":
+        entry = choose_entry(handle, wanted)
+        if entry is not None:
+            default.update(nxtomo_paths(handle, entry))
+    paths = Paths(layout=layout, data=params.get("data_path") or default["data"], entry=entry)
     if layout == "nxtomo":
         paths.image_key = params.get("image_key_path") or default["image_key"]
         if params.get("image_key_path") is None and paths.image_key not in handle and "/entry/data/image_key" in handle:
@@ -84,7 +214,78 @@ def resolve_paths(handle: h5py.File, params: dict) -> Paths:
         paths.angles, paths.angles_required = params["angles_path"], True
     else:
         paths.angles = default["angles"]
+    if check:
+        check_metadata(handle, paths, label or handle.filename)
     return paths
+
+
+def _numeric(dset: h5py.Dataset, label, what: str) -> None:
+    if dset.dtype.kind not in "biuf":
+        raise StepError(f"{label}: {what} {dset.name} holds {dset.dtype} values, not numbers")
+
+
+def _projections(handle, paths: Paths, label) -> h5py.Dataset:
+    data = _frame_stack(handle, paths.data, label, "projection data")
+    if data.ndim != 3:
+        raise StepError(f"{label}: projection data {paths.data} must be 3D (frames, rows, columns), "
+                        f"but has shape {data.shape}")
+    if 0 in data.shape:
+        what = "no frames" if data.shape[0] == 0 else "empty frames"
+        raise StepError(f"{label}: projection data {paths.data} holds {what} (shape {data.shape})")
+    _numeric(data, label, "projection data")
+    return data
+
+
+def _image_key_selection(handle, paths: Paths, label, data: h5py.Dataset) -> dict[int, np.ndarray]:
+    key_dset = get_dataset(handle, paths.image_key, label)
+    keys = np.asarray(key_dset[()]).reshape(-1)
+    if keys.size != data.shape[0]:
+        raise StepError(f"{label}: image key {paths.image_key} has {keys.size} entries but "
+                        f"{paths.data} holds {data.shape[0]} frames (shape {data.shape})")
+    sel = {k: np.flatnonzero(keys == k) for k in (KEY_PROJECTION, KEY_FLAT, KEY_DARK)}
+    for key, what in ((KEY_PROJECTION, "projections"), (KEY_FLAT, "flat fields"), (KEY_DARK, "dark fields")):
+        if sel[key].size == 0:
+            raise StepError(f"{label}: no {what} (image_key {key}) in {paths.image_key}")
+    return sel
+
+
+def _field_stacks(handle, paths: Paths, label, data: h5py.Dataset) -> dict[str, h5py.Dataset]:
+    n_rows, n_cols = data.shape[1:]
+    stacks = {}
+    for what, dpath in (("flat fields", paths.flat), ("dark fields", paths.dark)):
+        dset = _frame_stack(handle, dpath, label, what)
+        if tuple(dset.shape[-2:]) != (n_rows, n_cols):
+            raise StepError(f"{label}: {what} {dpath} have frames of shape {tuple(dset.shape[-2:])} "
+                            f"(dataset shape {dset.shape}) but projections {paths.data} have frames "
+                            f"of shape {(n_rows, n_cols)} (dataset shape {data.shape})")
+        if dset.ndim == 3 and dset.shape[0] == 0:
+            raise StepError(f"{label}: {what} {dpath} hold no frames (shape {dset.shape})")
+        _numeric(dset, label, what)
+        stacks[what] = dset
+    return stacks
+
+
+def check_metadata(handle: h5py.File, paths: Paths, label) -> dict:
+    """Refuse, before any frame is read, a file whose metadata already shows it cannot be
+    reconstructed; every message names the file and the dataset. Returns what it learnt."""
+    data = _projections(handle, paths, label)
+    info: dict = {}
+    if paths.layout == "nxtomo":
+        sel = _image_key_selection(handle, paths, label, data)
+        n_proj = int(sel[KEY_PROJECTION].size)
+    else:
+        _field_stacks(handle, paths, label, data)
+        n_proj = data.shape[0]
+    if paths.angles in handle or paths.angles_required:
+        dset = get_dataset(handle, paths.angles, label)
+        _numeric(dset, label, "angles")
+        expected = data.shape[0] if paths.layout == "nxtomo" else n_proj
+        what = "frames" if paths.layout == "nxtomo" else "projections"
+        if dset.size != expected:
+            raise StepError(f"{label}: angles {paths.angles} hold {dset.size} values but "
+                            f"{paths.data} holds {expected} {what} (shapes {(dset.size,)} and {data.shape})")
+    info["n_projections"] = n_proj
+    return info
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -149,11 +350,8 @@ def read_slab(path, params: dict) -> Slab:
 
     with open_file(path) as handle:
         label = str(path)
-        paths = resolve_paths(handle, params)
-        data = _frame_stack(handle, paths.data, label, "projection data")
-        if data.ndim != 3:
-            raise StepError(f"{label}: projection data {paths.data} must be 3D (frames, rows, columns), "
-                            f"but has shape {data.shape}")
+        paths = resolve_paths(handle, params, label)    # checks the metadata (check_metadata)
+        data = get_dataset(handle, paths.data, label)
         n_frames, n_rows, n_cols = data.shape
         r0 = params["row_start"]
         r1 = n_rows if params["row_stop"] is None else params["row_stop"]
@@ -162,50 +360,32 @@ def read_slab(path, params: dict) -> Slab:
                             f"(shape {data.shape})")
         rows = (r0, r1)
         info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape)}
+        if paths.entry:
+            info["entry"] = paths.entry
 
         if paths.layout == "nxtomo":
-            key_dset = get_dataset(handle, paths.image_key, label)
-            keys = np.asarray(key_dset[()]).reshape(-1)
-            if keys.size != n_frames:
-                raise StepError(f"{label}: image key {paths.image_key} has {keys.size} entries but "
-                                f"{paths.data} holds {n_frames} frames (shape {data.shape})")
-            sel = {k: np.flatnonzero(keys == k) for k in (KEY_PROJECTION, KEY_FLAT, KEY_DARK)}
-            for key, what in ((KEY_PROJECTION, "projections"), (KEY_FLAT, "flat fields"), (KEY_DARK, "dark fields")):
-                if sel[key].size == 0:
-                    raise StepError(f"{label}: no {what} (image_key {key}) in {paths.image_key}")
+            sel = _image_key_selection(handle, paths, label, data)
             proj = read_frames(data, sel[KEY_PROJECTION], rows)
             flat = read_frames(data, sel[KEY_FLAT], rows)
             dark = read_frames(data, sel[KEY_DARK], rows)
             info.update(image_key=paths.image_key, n_projections=int(sel[0].size),
                         n_flats=int(sel[1].size), n_darks=int(sel[2].size))
         else:
-            stacks = {}
-            for what, dpath in (("flat fields", paths.flat), ("dark fields", paths.dark)):
-                dset = _frame_stack(handle, dpath, label, what)
-                if tuple(dset.shape[-2:]) != (n_rows, n_cols):
-                    raise StepError(f"{label}: {what} {dpath} have frames of shape {tuple(dset.shape[-2:])} "
-                                    f"(dataset shape {dset.shape}) but projections {paths.data} have frames "
-                                    f"of shape {(n_rows, n_cols)} (dataset shape {data.shape})")
-                stacks[what] = dset
+            stacks = _field_stacks(handle, paths, label, data)
             proj = read_frames(data, None, rows)
             flat, dark = (np.asarray(stacks[w][r0:r1, :])[np.newaxis] if stacks[w].ndim == 2
                           else read_frames(stacks[w], None, rows) for w in ("flat fields", "dark fields"))
             info.update(flat=paths.flat, dark=paths.dark, n_projections=n_frames,
                         n_flats=int(flat.shape[0]), n_darks=int(dark.shape[0]))
-            for what, stack, dpath in (("flat fields", flat, paths.flat), ("dark fields", dark, paths.dark)):
-                if stack.shape[0] == 0:
-                    raise StepError(f"{label}: {what} {dpath} hold no frames")
 
         theta = None
         if paths.angles in handle or paths.angles_required:
             theta, units = _read_angles(handle, paths.angles, label, params["angle_units"])
-            expected = n_frames if paths.layout == "nxtomo" else proj.shape[0]
-            what = "frames" if paths.layout == "nxtomo" else "projections"
-            if theta.size != expected:
-                raise StepError(f"{label}: angles {paths.angles} hold {theta.size} values but "
-                                f"{paths.data} holds {expected} {what} (shapes {(theta.size,)} and {data.shape})")
             if paths.layout == "nxtomo":
                 theta = theta[sel[KEY_PROJECTION]]
+            if not np.isfinite(theta).all():
+                bad = int(np.count_nonzero(~np.isfinite(theta)))
+                raise StepError(f"{label}: angles {paths.angles} hold {bad} non-finite values (NaN or inf)")
             info.update(angles=paths.angles, angle_units=units)
         info["rows"] = list(rows)
         return Slab(proj, flat, dark, theta, rows, n_rows, paths, info)
