@@ -187,9 +187,11 @@ def collect(run_dir: Path, prov: dict[str, Any], with_images: bool, with_inputs:
         if not info.get("file") or not info.get("image_sha256"):
             raise ArchiveError(f"the provenance records no file or digest for image {name!r}")
         images[name] = {"file": info["file"], "image_sha256": info["image_sha256"], "version": info.get("version"),
+                        "origin": info.get("origin", "published"),
                         "archived": f"{IMAGES}/{info['file']}" if with_images else None}
         if with_images:
-            entries.append(Entry(f"{IMAGES}/{info['file']}", cache_dir() / info["file"], f"image {name!r} {info['file']}",
+            source = Path(info["path"]) if info.get("path") else cache_dir() / info["file"]  # as it ran
+            entries.append(Entry(f"{IMAGES}/{info['file']}", source, f"image {name!r} {info['file']}",
                                  info["image_sha256"], info.get("size_bytes"), "images"))
     descriptor = {
         "archive_version": ARCHIVE_VERSION, "daisy_version": __version__,

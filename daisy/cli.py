@@ -43,7 +43,7 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
     that file: the same path as ``snakemake --configfile`` (images are checked when jobs start)."""
     import tempfile
 
-    from . import workflow
+    from . import images, workflow
 
     if profile not in _profiles():
         raise DaisyError(f"unknown profile {profile!r} (known: {', '.join(_profiles())})")
@@ -54,6 +54,8 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
             workflow.write_resolved_config(run.config, resolved, source=config)
         else:
             run, resolved = workflow.resolve(config, pipeline)
+            for name in run.images():  # pull missing images by digest before Snakemake fixes their paths
+                images.resolve(name)
         args = snakemake_args(resolved, profile, cores, dry_run, extra)
         print(f"daisy: running the {pipeline} pipeline ({len(run.jobs)} jobs, profile {profile}) -> {run.outdir}",
               flush=True)

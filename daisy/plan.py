@@ -150,15 +150,17 @@ class Run:
     def stage_jobs(self, stage: str) -> list[Job]:
         return [job for job in self.jobs.values() if job.stage.name == stage]
 
-    def job_document(self, name: str, lock: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The job file's content: steps, record path, threads, image digest (from the lock)
-        and the step-code pin."""
-        job = self.jobs[name]
-        if lock is None:
-            from . import images
+    def images_file(self) -> str:
+        """Which file, digest and origin each image of the run had (written when jobs start)."""
+        return self.path("records", "images.json")
 
-            lock = images.load_lock()
-        entry = lock.get("images", {}).get(job.image, {})
+    def job_document(self, name: str) -> dict[str, Any]:
+        """The job file's content: steps, record path, threads, the image the run will use (its
+        digest: published, or a local build's) and the step-code pin."""
+        from . import images
+
+        job = self.jobs[name]
+        entry = images.planned(job.image)[0]
         return {
             "job_version": JOB_VERSION, "job": name, "threads": job.threads, "steps": job.steps,
             "record": self.record_file(name), "code_sha256": self.code_sha256,

@@ -126,6 +126,29 @@ def _one_line(text: Any, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _images(run, lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each image as it ran (file, digest, origin: published / bundle / local build, store,
+    verified signature), from what the run recorded when its jobs started; else as planned."""
+    try:
+        ran = json.loads(Path(run.images_file()).read_text())
+    except (OSError, ValueError):
+        ran = {}
+    keys = ("version", "image_sha256", "definition_sha256", "file", "size_bytes", "apptainer_version", "built_at")
+    out = {}
+    for name in run.images():
+        if name in ran:
+            out[name] = ran[name]
+            continue
+        try:
+            from .images import planned
+
+            entry, path, origin = planned(name)
+            out[name] = {**{k: entry.get(k) for k in keys}, "path": str(path), "origin": origin}
+        except (ImageError, OSError, ValueError):
+            out[name] = {k: lock.get(name, {}).get(k) for k in keys}
+    return out
+
+
 def collect(run, status: str = "completed", error: str | None = None) -> dict[str, Any]:
     """Build the provenance document of a run that completed or failed."""
     if status not in ("completed", "failed"):
@@ -156,9 +179,7 @@ def collect(run, status: str = "completed", error: str | None = None) -> dict[st
     outputs.update(_file_infos(unhashed))
     results = {f"{name}/{step['step']}": step["results"]
                for name, record in records.items() for step in record.get("steps", []) if step.get("results")}
-    images = {name: {k: lock.get(name, {}).get(k) for k in
-                     ("version", "image_sha256", "definition_sha256", "file", "size_bytes", "apptainer_version", "built_at")}
-              for name in run.images()}
+    images = _images(run, lock)
     try:
         apptainer = apptainer_version()
     except (ImageError, OSError):

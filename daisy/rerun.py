@@ -61,9 +61,12 @@ def restore_images(desc: dict[str, Any], lock: dict[str, Any], manifest: dict[st
     """Each image of the run in the rerun cache ``cache``, checked against the archived lock."""
     from .hashing import sha256_file
 
-    done, seeded = {}, {}
+    done, seeded, local = {}, {}, {}
     for name, info in sorted(desc["images"].items()):
         entry = lock.get("images", {}).get(name)
+        if info.get("origin") == "local build":  # the run used a local build, not the published image
+            entry = local[name] = {"name": name, "version": info.get("version"), "file": info["file"],
+                                   "image_sha256": info["image_sha256"], "origin": "local build"}
         if not entry:
             raise ArchiveError(f"the archived lock has no image {name!r}")
         expected, target = entry["image_sha256"], cache / entry["file"]
@@ -93,6 +96,10 @@ def restore_images(desc: dict[str, Any], lock: dict[str, Any], manifest: dict[st
         done[name] = {"file": entry["file"], "sha256": expected, "from": how}
         seeded[str(target.resolve())] = expected
     _seed_hash_cache(cache, seeded)
+    if local:  # the rerun's image cache says which local builds the archived run used
+        from daisy_steps.fileio import write_json_atomic
+
+        write_json_atomic(cache / "local-lock.json", {"lock_version": 1, "images": local})
     return done
 
 

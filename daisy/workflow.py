@@ -136,11 +136,33 @@ def rule_specs(run: Run) -> dict[str, RuleSpec]:
 _holders: list = []
 
 
-def start_run(run: Run, workflow) -> None:
-    """``onstart`` (jobs will run): verify every image's sha256 against the lock, then, when this
-    process runs the jobs itself, keep the images mounted and warm while the run lasts."""
+def resolve_images(run: Run) -> dict[str, dict[str, Any]]:
+    """Every image of the run, as it will run: the published one from the cache, a bundle or a
+    store (pulled by digest), else a local build (with a warning); sha256 checked, signature
+    policy applied. Refuses an image other than the one the jobs were planned with."""
+    found = {}
     for name in run.images():
-        images.verify_image(name)
+        resolved = images.resolve(name)
+        fingerprint = images.check_signature(resolved)
+        planned = images.planned_path(name)
+        if resolved.path.resolve() != planned.resolve():
+            raise images.ImageError(f"image '{name}': the run was planned with {planned} but {resolved.path} "
+                                    f"({resolved.origin}) is what is available now; run the command again")
+        entry = resolved.entry
+        found[name] = {"version": resolved.version, "image_sha256": resolved.sha256, "file": resolved.path.name,
+                       "path": str(resolved.path), "origin": resolved.origin, "store": resolved.store,
+                       "signature": fingerprint, **{k: entry.get(k) for k in
+                                                    ("definition_sha256", "size_bytes", "apptainer_version", "built_at")}}
+    return found
+
+
+def start_run(run: Run, workflow) -> None:
+    """``onstart`` (jobs will run): resolve and verify every image (sha256, signature policy),
+    record which ones run (``records/images.json``, read by the provenance), then, when this
+    process runs the jobs itself, keep the images mounted and warm while the run lasts."""
+    from daisy_steps.fileio import write_json_atomic
+
+    write_json_atomic(run.images_file(), resolve_images(run))
     methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
     if workflow.local_exec and workflow.is_main_process and "apptainer" in methods and not _holders:
         _holders.append(images.hold_images(warm_modules(run)))

@@ -20,16 +20,22 @@ class FindCenter(Step):
     result. Expects minus-logged projections in ``proj`` (ct.minus_log before it). Puts
     ``center`` in the store and in the job record; output slot ``center`` (JSON), if given,
     lets later jobs (every slab) use the same value via ct.recon's input slot ``center``.
+
+    Gate: a centre found outside the detector, not finite, or (vo) within ``edge_margin``
+    pixels of the ends of its search range (or beyond them) is no result: the true centre lies
+    outside the range or the sinograms hold no usable signal. ``on_edge`` fail (default) ends
+    the job naming the range and the fields to change; warn completes it with a warning.
     """
 
     name = "ct.find_center"
-    version = "1.0.0"
+    version = "1.1.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy", "scipy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (not read by method manual)"),
                 "rows": Port("tuple", "(start, stop): the detector rows held (default: all of proj)",
                              optional=True),
-                "theta": Port("ndarray", "rotation angles, radians (method entropy only)", optional=True)}
+                "theta": Port("ndarray", "rotation angles, radians (method entropy only)", optional=True),
+                "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
     provides = {"center": Port("float", "rotation centre, pixels (tomopy's convention)")}
 
     def execute(self) -> None:
@@ -44,13 +50,18 @@ class FindCenter(Step):
             if p["center"] is not None:
                 raise StepError(f"{self.name}: field 'center' is only used with method 'manual', not '{method}'")
             center, result = self._search(method)
+            self._check(center, result)
         result["center"] = center
         self.store.put("center", center)
         self.ctx.results["center"] = center
         self.ctx.results["center_search"] = {k: v for k, v in result.items() if k != "center"}
         if self.ctx.has_output("center"):
             ref = self.ctx.output("center")
-            ref.path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            saved = {k: v for k, v in result.items() if k not in ("columns", "search_range")}  # the record has them
+            from .output import writing
+
+            with writing(self.name, self.ctx.final_output("center").path):
+                ref.path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         self.log.info("rotation centre %.3f (%s)", center, method)
 
     def _search(self, method: str) -> tuple[float, dict]:
@@ -85,6 +96,44 @@ class FindCenter(Step):
             per_row.append(float(np.asarray(c).reshape(-1)[0]))
         center = float(np.median(per_row))
         info = {"method": method, "rows": wanted, "per_row": per_row}
+        info["columns"] = int(proj.shape[2])
         if method == "vo":
-            info.update(smin=smin, smax=smax)
+            info.update(smin=smin, smax=smax, search_range=list(vo_search_range(proj.shape[0], proj.shape[2], smin, smax)))
         return center, info
+
+    def _check(self, center: float, info: dict) -> None:
+        """The gate: a centre outside the detector, not finite, or on the edge of its search range."""
+        p = self.params
+        rows = info["rows"]
+        raw = self.store.get("raw_file")
+        what = (f"the centre {center:.3f} found by {info['method']} in rows {rows[0]}..{rows[-1]}"
+                + (f" of {raw}" if raw else ""))
+        columns = info["columns"]
+        if not np.isfinite(center) or not 0 <= center <= columns - 1:
+            raise StepError(f"{self.name}: {what} is outside the detector's columns 0..{columns - 1}: no usable "
+                            f"result; check the data, or give the centre (config field center.method manual)")
+        if "search_range" not in info:
+            return
+        lo, hi = info["search_range"]
+        margin = p["edge_margin"]
+        if lo + margin < center < hi - margin:
+            return
+        text = (f"{what} lies on the edge of its search range {lo:g}..{hi:g} (within edge_margin {margin:g} px; "
+                f"vo_smin {info['smin']:g}, vo_smax {info['smax']:g} from the detector centre): the true centre "
+                f"is probably outside the range, or the sinograms hold no usable signal")
+        if p["on_edge"] == "fail":
+            raise StepError(f"{self.name}: {text}; widen center.vo_smin/center.vo_smax, check the data, or give the "
+                            f"centre (center.method manual); config field center.on_edge: warn accepts it")
+        self.ctx.warn(text)
+
+
+def vo_search_range(n_angles: int, columns: int, smin: float, smax: float) -> tuple[float, float]:
+    """First and last centre (columns) of tomopy.find_center_vo's coarse search, computed as
+    tomopy 1.15 computes them (its search is on a 4x downsampled sinogram above 4e6 pixels)."""
+    scale = 4 if n_angles * columns > 4e6 else 1
+    ncol = columns // scale
+    smin, smax = smin / scale, smax / scale
+    cen = (ncol - 1.0) / 2.0
+    lo = int(np.int16(np.clip(smin + cen, 0, ncol - 1) - cen))
+    hi = int(np.int16(np.clip(smax + cen, 0, ncol - 1) - cen))
+    return float((ncol // 2 + lo) * scale), float((ncol // 2 + hi) * scale)

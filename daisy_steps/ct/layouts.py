@@ -144,9 +144,10 @@ def nxtomo_paths(handle: h5py.File, entry: str) -> dict[str, str | None]:
     return {"data": data, "image_key": key, "angles": angles}
 
 
-def choose_entry(handle: h5py.File, wanted: str | None) -> str | None:
-    """The NXtomo entry to read: ``wanted`` (a name or path), else the only one; a file with
-    several and none chosen is refused, naming them. None: the file has no NXtomo entry."""
+def choose_entry(handle: h5py.File, wanted: str | None, data_path: str | None = None) -> str | None:
+    """The NXtomo entry to read: ``wanted`` (a name or path), else the one holding ``data_path``
+    (if given), else the only one; a file with several and none chosen is refused, naming them.
+    None: the file has no NXtomo entry."""
     entries = nxtomo_entries(handle)
     listing = ", ".join(entries) or "none"
     if wanted:
@@ -159,6 +160,10 @@ def choose_entry(handle: h5py.File, wanted: str | None) -> str | None:
         what = "does not exist" if group is None else "is not an NXtomo entry (NX_class NXentry with definition NXtomo)"
         raise StepError(f"{handle.filename}: entry {path} (field 'entry', config field input.entry) {what}; "
                         f"the file's NXtomo entries: {listing}")
+    if data_path and len(entries) > 1:
+        holding = [e for e in entries if data_path.startswith(e + "/")]
+        if len(holding) == 1:
+            return holding[0]
     if len(entries) > 1:
         raise StepError(f"{handle.filename}: {len(entries)} NXtomo entries ({listing}): set 'entry' "
                         f"(config field input.entry) to the one to reconstruct")
@@ -193,7 +198,7 @@ def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, che
     default = dict(LAYOUTS[layout])
     entry = None
     if layout == "nxtomo":
-        entry = choose_entry(handle, wanted)
+        entry = choose_entry(handle, wanted, params.get("data_path"))
         if entry is not None:
             default.update(nxtomo_paths(handle, entry))
     paths = Paths(layout=layout, data=params.get("data_path") or default["data"], entry=entry)

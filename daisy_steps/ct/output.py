@@ -7,6 +7,8 @@ not in the pyfai image, which has no tifffile).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import resource
 from pathlib import Path
@@ -24,6 +26,32 @@ from ..ports import Port
 SLAB_DATASET = "/entry/recon/data"
 VOLUME_DATASET = "/entry/data/data"
 CHUNK_BYTES = 4 << 20
+
+
+#: what an OSError's errno, or the text HDF5 puts in its message, means for the person running the job
+_OS_REASONS = ((errno.ENOSPC, "No space left on device", "no space left on the device"),
+               (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+               (errno.EROFS, "Read-only file system", "the file system is read-only"),
+               (errno.EACCES, "Permission denied", "permission denied"))
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a short reason (h5py's write errors carry no errno, only HDF5's text)."""
+    text = str(exc)
+    for number, words, reason in _OS_REASONS:
+        if exc.errno == number or words.lower() in text.lower():
+            return reason
+    return exc.strerror or " ".join(text.split())[:300]
+
+
+@contextlib.contextmanager
+def writing(step: str, path):
+    """Turn an OSError while writing output ``path`` (its final name) into a StepError naming the
+    file and the reason (disk full, read-only, ...); the runner then removes every temporary."""
+    try:
+        yield
+    except OSError as exc:
+        raise StepError(f"{step}: cannot write {path}: {os_reason(exc)}") from None
 
 
 def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -63,7 +91,7 @@ class SaveSlab(Step):
         info = self.store.get("recon_info", {})
         ref = self.ctx.output("slab")
         dataset = ref.dataset or SLAB_DATASET
-        with h5py.File(ref.path, "w", track_order=False) as handle:
+        with writing(self.name, self.ctx.final_output("slab").path), h5py.File(ref.path, "w", track_order=False) as handle:
             handle.attrs["default"] = "entry"
             entry = nx_group(handle, "/entry", "NXentry")
             group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
@@ -166,7 +194,7 @@ class Gather(Step):
             mapping.append((pos, rel, slab))
             pos += slab["shape"][0]
         sources = [rel for _, rel, _ in mapping]
-        with h5py.File(ref.path, "w") as handle:
+        with writing(self.name, final.path), h5py.File(ref.path, "w") as handle:
             handle.attrs["default"] = "entry"
             entry = nx_group(handle, "/entry", "NXentry")
             group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
@@ -182,7 +210,8 @@ class Gather(Step):
             dset.attrs["slab_files"] = np.array(sources, dtype=h5py.string_dtype())
             dset.attrs["slab_row_offsets"] = np.array([s["offset"] for s in slabs], dtype=np.int64)
             write_processes(entry, made_by, own_process(self, started))
-        self._extras(slabs, (nz, ny, nx))
+        with writing(self.name, f"the TIFF or previews beside {final.path}"):
+            self._extras(slabs, (nz, ny, nx))
         self.ctx.results.update(shape=[nz, ny, nx], slabs=len(slabs), slab_files=sources,
                               row_offset=slabs[0]["offset"])
 
@@ -241,5 +270,6 @@ class PreviewSinogram(Step):
         row = (r0 + r1) // 2 if p["row"] is None else p["row"]
         if not r0 <= row < r1:
             raise StepError(f"{self.name}: row {row} is not among the loaded detector rows {r0}:{r1}")
-        write_png(self.ctx.output("png").path, to_uint8(np.asarray(proj[:, row - r0, :]), p["low"], p["high"]))
+        with writing(self.name, self.ctx.final_output("png").path):
+            write_png(self.ctx.output("png").path, to_uint8(np.asarray(proj[:, row - r0, :]), p["low"], p["high"]))
         self.ctx.results.update(row=row, key=p["key"])

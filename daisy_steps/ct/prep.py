@@ -13,25 +13,66 @@ from ..errors import StepError
 from ..ports import Port
 
 
+def where(store) -> str:
+    """``rows r0:r1 of FILE`` for messages (what the store knows of the slab)."""
+    rows = store.get("rows")
+    raw = store.get("raw_file")
+    text = f"rows {rows[0]}:{rows[1]}" if rows else "the loaded rows"
+    return f"{text} of {raw}" if raw else text
+
+
+def _percent(part: int, total: int) -> str:
+    return f"{100.0 * part / max(1, total):.3g}%"
+
+
+def constant_frames(proj: np.ndarray) -> np.ndarray:
+    """Indices of the projections whose values (in the loaded rows) are all equal, e.g. all
+    zero: a dropped frame, a closed shutter. NaN frames are not counted here."""
+    flat = proj.reshape(proj.shape[0], -1)
+    return np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
+
+
 class Normalize(Step):
-    """``(proj - dark) / (flat - dark)`` with tomopy.normalize, then the DAISY guard.
+    """``(proj - dark) / (flat - dark)`` with tomopy.normalize, then the DAISY guard and the
+    quality gates.
 
     Guard (documented in docs/ct-steps.md): detector pixels whose averaged flat minus averaged
     dark is below ``min_flat_minus_dark`` (zero, negative or not finite) are *dead*: their
     normalized value is set to ``dead_value`` in every projection. Remaining values are clipped
     below at ``min_transmission`` (and above at ``cutoff`` if given), and any non-finite value
     becomes ``dead_value``, so the output is finite and positive and minus-log is safe.
+
+    Gates (docs/troubleshooting.md): a slab whose share of dead pixels exceeds
+    ``max_dead_fraction``, whose share of non-finite projection values exceeds
+    ``max_non_finite_fraction``, or whose share of constant projections (every value equal, e.g.
+    all zero) exceeds ``max_constant_fraction`` fails, naming the file, rows and field; below
+    the limits, any dead pixel, non-finite value or constant projection is a warning (the job
+    record's ``warnings``, printed at the end of the run).
     """
 
     name = "ct.normalize"
-    version = "1.0.0"
+    version = "1.1.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy", "numexpr")
     requires = {"proj": Port("ndarray", "raw projections, (angles, rows, columns)"),
                 "flat": Port("ndarray", "flat fields of the same rows"),
-                "dark": Port("ndarray", "dark fields of the same rows")}
+                "dark": Port("ndarray", "dark fields of the same rows"),
+                "rows": Port("tuple", "(start, stop): the detector rows held (named in messages)", optional=True),
+                "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
     provides = {"proj": Port("ndarray", "transmission, float32, finite and positive")}
     consumes = ("flat", "dark")
+
+    def _gate(self, count: int, total: int, limit_field: str, what: str, hint: str) -> None:
+        """Fail above the limit, warn below it (when ``count``)."""
+        if not count:
+            return
+        limit = self.params[limit_field]
+        share = count / max(1, total)
+        text = f"{count} of {total} {what} ({_percent(count, total)}) in {where(self.store)}"
+        if share > limit:
+            raise StepError(f"{self.name}: {text}: more than {limit_field} {limit:g} "
+                            f"(config field normalize.{limit_field}); {hint}")
+        self.ctx.warn(f"{text}; {hint.split(';')[0]}")
 
     def execute(self) -> None:
         import tomopy
@@ -42,7 +83,13 @@ class Normalize(Step):
         p = self.params
         if flat.shape[1:] != proj.shape[1:] or dark.shape[1:] != proj.shape[1:]:
             raise StepError(f"{self.name}: flats {flat.shape} / darks {dark.shape} do not have the frame shape "
-                            f"of the projections {proj.shape}")
+                            f"of the projections {proj.shape} ({where(self.store)})")
+        if proj.size == 0 or flat.shape[0] == 0 or dark.shape[0] == 0:
+            raise StepError(f"{self.name}: nothing to normalize in {where(self.store)}: projections {proj.shape}, "
+                            f"flats {flat.shape}, darks {dark.shape}")
+        constant = constant_frames(proj)
+        raw_bad = {name: int(np.count_nonzero(~np.isfinite(a))) if a.dtype.kind == "f" else 0
+                   for name, a in (("projections", proj), ("flats", flat), ("darks", dark))}
         if p["averaging"] == "mean":
             flat_avg = np.mean(flat, axis=0, dtype=np.float32)
             dark_avg = np.mean(dark, axis=0, dtype=np.float32)
@@ -50,14 +97,29 @@ class Normalize(Step):
             flat_avg = np.median(flat, axis=0).astype(np.float32)
             dark_avg = np.median(dark, axis=0).astype(np.float32)
         # mean: tomopy averages the stacks itself (faster, and the same numbers as our float32
-        # means); median: the 2D medians, which tomopy's mean over one frame returns unchanged
+        # means); median: the 2D medians, which tomopy's mean over one frame returns unchanged.
+        # tomopy converts integer counts to float32 before it subtracts: no integer wrap-around.
         flat_in, dark_in = (flat, dark) if p["averaging"] == "mean" else (flat_avg, dark_avg)
         out = tomopy.normalize(proj, flat_in, dark_in, cutoff=p["cutoff"], ncore=self.ctx.threads)
         out = np.asarray(out, dtype=np.float32)
         dead = ~(flat_avg - dark_avg >= np.float32(p["min_flat_minus_dark"]))
         n_dead = int(np.count_nonzero(dead))
+        self._gate(n_dead, dead.size, "max_dead_fraction", "detector pixels are dead",
+                   f"their averaged flat minus dark is below {p['min_flat_minus_dark']:g} (flats equal to or "
+                   f"below the darks?) and they are set to {p['dead_value']:g} in every projection; "
+                   f"check the flats and darks, or raise the limit to accept")
         if n_dead:
             out[:, dead] = np.float32(p["dead_value"])
+        self._gate(raw_bad["projections"], proj.size, "max_non_finite_fraction",
+                   "projection values are NaN or inf",
+                   f"they are set to {p['dead_value']:g}; check the raw data, or raise the limit to accept")
+        if raw_bad["flats"] or raw_bad["darks"]:
+            self.ctx.warn(f"{raw_bad['flats']} flat and {raw_bad['darks']} dark values in {where(self.store)} are "
+                          f"NaN or inf (their pixels count as dead where the average is not finite)")
+        self._gate(int(constant.size), proj.shape[0], "max_constant_fraction",
+                   f"projections are constant (every value equal, e.g. all zero; first: "
+                   f"{', '.join(map(str, constant[:5].tolist()))})",
+                   "dropped frames or a closed shutter? check the raw data, or raise the limit to accept")
         bad = ~np.isfinite(out)
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
@@ -69,10 +131,12 @@ class Normalize(Step):
         self.store.discard("flat")
         self.store.discard("dark")
         self.store.put("proj", out)
-        self.ctx.results.update(dead_pixels=n_dead, non_finite_values=n_bad, clipped_low=n_low)
+        self.ctx.results.update(dead_pixels=n_dead, non_finite_values=n_bad, clipped_low=n_low,
+                                dead_fraction=round(n_dead / max(1, dead.size), 6),
+                                non_finite_raw=raw_bad, constant_projections=int(constant.size))
         if n_dead or n_bad:
-            self.log.warning("%d dead detector pixels (flat - dark < %g) and %d non-finite values set to %g",
-                             n_dead, p["min_flat_minus_dark"], n_bad, p["dead_value"])
+            self.log.info("%d dead detector pixels (flat - dark < %g) and %d non-finite values set to %g",
+                          n_dead, p["min_flat_minus_dark"], n_bad, p["dead_value"])
 
 
 class Angles(Step):

@@ -60,6 +60,12 @@ class FrameSource:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.n_total = int(n_total)
+        if self.n_total == 0:
+            raise StepError(f"{label}: the scan holds no frames")
+        if 0 in self.shape:
+            raise StepError(f"{label}: its frames are empty (frame shape {self.shape})")
+        if self.dtype.kind not in "biuf":
+            raise StepError(f"{label}: its frames hold {self.dtype} values, not numbers")
         stop = self.n_total if stop is None else int(stop)
         if not 0 <= start < stop <= self.n_total:
             raise StepError(f"{label}: frames {start}:{stop} outside the scan's {self.n_total} frames")
