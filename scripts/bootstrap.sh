@@ -6,8 +6,10 @@
 #
 # Every stage is idempotent and says what it does: Apptainer (scripts/install-apptainer.sh),
 # the Python virtual environment (.venv, reinstalled when pyproject.toml changes) and the
-# images (daisy containers build: rebuilt only when a definition or its envs/ lists change;
-# cached outside the repo in $DAISY_IMAGE_CACHE, default ~/.cache/daisy/images).
+# images (daisy containers ensure: the published images of the committed lock from the cache or
+# a configured store, else built locally — rebuilt only when a definition or its envs/ lists
+# change — cached outside the repo in $DAISY_IMAGE_CACHE, default ~/.cache/daisy/images; the
+# committed lock is never rewritten).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +48,8 @@ case "$what" in
     say "Demo: CT and XRD pipelines on generated sample data"
     exec .venv/bin/daisy demo "$@" ;;
   test)
+    say "Test tools (headless Chromium for the page tests; the registry and Slurm scripts install theirs)"
+    bash scripts/install-browser.sh
     say "Tests"
     exec .venv/bin/python -m pytest "$@" ;;
   setup)

@@ -154,7 +154,7 @@ class StepHandle:
 
 def _slot(cls, role: str) -> str:
     """The file slot of a loader (``source``, ``raw``, ``scan``) or saver (``target``, ``slab``)."""
-    slots = {"hdf5.load": "source", "ct.load": "raw", "xrd.load_frames": "scan", "hdf5.save": "target",
+    slots = {"hdf5.load": "source", "ct.load": "raw", "xrd.load_frames": "source", "hdf5.save": "target",
              "ct.save_slab": "slab", "xrd.save_block": "block"}
     if cls.name in slots:
         return slots[cls.name]
