@@ -188,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_steps)
 
     from . import archive_cli, images, provenance_cli
+    from .report.cli import register_cli as register_report_cli
     images.register_cli(sub)
     provenance_cli.register_cli(sub)
     archive_cli.register_cli(sub)
+    register_report_cli(sub)
     return parser
 
 

@@ -92,8 +92,9 @@ INPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "xrd": ("input.file", "input.dark", "input.flat", "mask.file", "integrate.geometry.poni"),
     "copy": ("input",),
 }
-#: characters an outdir or output name may not hold: Snakemake patterns ({ }), Apptainer bind
-#: specs (, :), and what a shell would interpret in a job's command line
+#: characters an outdir may not hold: Snakemake patterns ({ }), Apptainer bind specs (, :), and
+#: what a shell would interpret in a job's command line (the outdir is in it: the job file and
+#: log). An output *name* may hold any of them but braces: it never reaches a shell.
 UNSAFE_CHARS = frozenset("{},:;&|$`'\"<>()*?[]!#~\\")
 
 
@@ -116,10 +117,10 @@ def output_name_problem(field: str, name: str, reserved: tuple[str, ...] = ()) -
             or name.startswith("~")):
         return (f"field '{field}': {name!r} is not a plain file name; output names must stay inside the "
                 f"outdir (no '/', '..' or absolute path)")
-    bad = _unsafe(name)
+    bad = sorted({c for c in name if c in "{}" or not c.isprintable()}, key=name.index)
     if bad:
         return (f"field '{field}': {name!r} contains {' '.join(map(repr, bad))}, which output names may not "
-                f"hold (Snakemake patterns, job command lines)")
+                f"hold (Snakemake reads braces as wildcards)")
     if name in reserved:
         return f"field '{field}': {name!r} is the name of a folder the pipeline writes beside it"
     return None
@@ -152,8 +153,8 @@ def _read_only(path: Path) -> bool:
 
 
 def input_problem(field: str, value: str) -> str | None:
-    """Why input ``value`` (field ``field``) cannot be bound into the images; None if it can.
-    Any other character (spaces, quotes, ``;``, ``$(...)``) is harmless: input names travel in
+    """Why input ``value`` (field ``field``) cannot be used: a folder Apptainer cannot bind (``,``
+    ``:``), braces (Snakemake wildcards), control characters; None if it can. Any other character (spaces, quotes, ``;``, ``$(...)``) is harmless: input names travel in
     JSON job files, never through a shell."""
     from daisy_steps.fileio import FileRef
 
@@ -161,7 +162,12 @@ def input_problem(field: str, value: str) -> str | None:
         return None
     if any(not c.isprintable() for c in value):
         return f"field '{field}': {value!r} contains a control character"
-    folder = str(Path(FileRef.parse(value).path).expanduser().absolute().parent)
+    path = Path(FileRef.parse(value).path).expanduser().absolute()
+    braces = sorted({c for c in str(path) if c in "{}"})
+    if braces:
+        return (f"field '{field}': {value!r} contains {' '.join(map(repr, braces))}, which Snakemake reads as "
+                f"wildcards in a job's input files; rename or link the file")
+    folder = str(path.parent)
     bad = [c for c in ",:" if c in folder]
     if bad:
         return (f"field '{field}': the folder {folder} of {value!r} contains {' '.join(map(repr, bad))}, which "

@@ -12,6 +12,7 @@ its steps write are exactly the job's declared outputs.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,9 +26,11 @@ from daisy_steps.ports import check_chain
 from . import config as configs
 
 PIPELINES = configs.PIPELINES
-#: wildcard of the stages that have one job per slab / block (``ct_slab_0003``)
+#: wildcard of the stages that have one job per slab / block (``ct_slab_0003``), or per scan and
+#: block of a batch (``xrd_block_scan_00001_0003``, ``xrd_gather_scan_00001``): a number (4 digits)
+#: or a name of letters, digits, ``_ . + -`` (no ``/``, so it never spans folders)
 INDEX = "index"
-INDEX_PATTERN = r"\d{4}"
+INDEX_PATTERN = r"\d{4}|[A-Za-z0-9][A-Za-z0-9_.+-]*"
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,17 @@ class Run:
         self.stages[stage.name] = stage
         self.outputs[stage.name] = {slot: o if isinstance(o, Output) else Output(o) for slot, o in outputs.items()}
 
-    def add_job(self, stage: str, steps: list[dict[str, Any]], index: int | None = None, threads: int = 1,
+    def add_job(self, stage: str, steps: list[dict[str, Any]], index: int | str | None = None, threads: int = 1,
                 mem_mb: int = 1024, runtime_min: int = 60, extra_inputs: tuple[str, ...] = ()) -> Job:
         """Add a job of ``stage`` running ``steps``; its inputs are the files its steps read (plus
         ``extra_inputs``, e.g. the data files an Eiger master links), its outputs the stage's."""
         st = self.stages[stage]
+        if index is not None and not re.fullmatch(INDEX_PATTERN, _index(index)):
+            raise StepError(f"stage {stage}: index {_index(index)!r} is not a block number or a name of letters, "
+                            f"digits, '_', '.', '+', '-'")
         name = st.job_name(index)
+        if name in self.jobs:
+            raise StepError(f"job {name} is planned twice (two scans or blocks with one name)")
         outputs = {slot: self.output(stage, slot, index) for slot in self.outputs[stage]}
         job = Job(name, st, steps, _step_inputs(steps, extra_inputs), outputs, threads, mem_mb, runtime_min,
                   _index(index) if index is not None else None)

@@ -387,7 +387,7 @@ class Session:
 
     def sweep_center(self, values=None, *, around: float | None = None, half_width: float = 4.0,
                      step: float = 0.5, rows=None, proj: str = "proj", theta: str = "theta",
-                     params: dict | None = None, metric: str = "sharpness"):
+                     params: dict | None = None, metric: str = "entropy"):
         """A centre sweep of ct.recon on a few sinogram rows (default: the middle two of ``proj``):
         ``values``, or ``around`` ± ``half_width`` in ``step`` (default around: the centre
         ct.find_center found last, else the detector's middle). The best by ``metric`` is
@@ -442,6 +442,8 @@ class Session:
             for server in self.servers.values():
                 if server.alive:
                     server.proc.kill()
+            if self._own_scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
         except Exception:  # noqa: BLE001
             pass
 

@@ -2,7 +2,8 @@
 the step *reports* it used (never the value asked for), a score per result, a grid or slider.
 
 A centre sweep runs ct.recon on a few sinogram rows for each centre; the best is the one whose
-slice scores best (``sharpness``: total variation-normalised gradient energy, see :data:`METRICS`);
+slice scores best (``entropy``: Donath's histogram entropy, lowest wins, as tomopy.find_center;
+see :data:`METRICS`);
 ``sweep.choose()`` writes the value into the session's pipeline config (and into a config dict
 you pass), so that what was picked becomes a reproducible run.
 """
@@ -41,22 +42,9 @@ def _negativity(image: np.ndarray) -> float:
     return -float(np.sum(np.clip(values, None, 0.0) ** 2) / max(np.sum(values ** 2), 1e-30))
 
 
-def _sharpness(image: np.ndarray) -> float:
-    """Gradient energy over total variation inside the circle: sharp edges score high, the
-    doubled and blurred edges of a wrong centre low."""
-    image = np.asarray(image, dtype=np.float64)
-    gy, gx = np.gradient(image)
-    mask = np.zeros(image.shape, dtype=bool)
-    n0, n1 = image.shape
-    yy, xx = np.ogrid[:n0, :n1]
-    mask[(yy - (n0 - 1) / 2) ** 2 + (xx - (n1 - 1) / 2) ** 2 <= (0.9 * min(n0, n1) / 2) ** 2] = True
-    mag2 = (gx ** 2 + gy ** 2)[mask]
-    return float(np.sum(mag2 ** 2) / max(np.sum(mag2), 1e-30) ** 2 * mag2.size)
-
-
 #: name -> score of a 2D result (higher is better)
 METRICS: dict[str, Callable[[np.ndarray], float]] = {
-    "sharpness": _sharpness, "entropy": _entropy, "negativity": _negativity,
+    "entropy": _entropy, "negativity": _negativity,
 }
 
 
@@ -225,6 +213,8 @@ def run_sweep(session, step: str, param: str, values, *, params: dict, bind_in: 
             design.set_param(p, param, value)
             call = session.execute(step, p, bind_in=bind, bind_out=outs, name=f"sweep {param}")
             image = session.get(outs[take], None if show_index is None else show_index)
+            if np.ndim(image) == 3:            # a stack (e.g. the slab's rows): show its middle
+                image = image[image.shape[0] // 2]
             score = float(scorer(image)) if scorer is not None and np.ndim(image) == 2 else None
             entries.append(SweepEntry(value, _used(call, param), image, score, call))
     finally:

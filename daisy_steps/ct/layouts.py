@@ -191,7 +191,8 @@ def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, che
     layout = params["layout"]
     wanted = params.get("entry")
     if layout == "auto":
-        layout = "nxtomo" if wanted else detect_layout(handle)
+        named = wanted and ("/" + wanted.strip("/") in handle or nxtomo_entries(handle))
+        layout = "nxtomo" if named else detect_layout(handle)
     if wanted and layout != "nxtomo":
         raise StepError(f"{handle.filename}: 'entry' (config field input.entry) applies to layout nxtomo only, "
                         f"not {layout}")

@@ -54,6 +54,44 @@ def writing(step: str, path):
         raise StepError(f"{step}: cannot write {path}: {os_reason(exc)}") from None
 
 
+#: room for HDF5's metadata beyond an output's data when deciding how to write it
+METADATA_BYTES = 4 << 20
+
+
+def free_bytes(folder) -> int:
+    """Bytes free for this user in ``folder``'s file system (huge if it cannot be told)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+@contextlib.contextmanager
+def hdf5_output(step: str, final, temporary, estimate: int, **kwargs):
+    """An HDF5 output to fill (yields the open ``h5py.File``); a failed write is a StepError
+    naming ``final`` and the reason (:func:`writing`).
+
+    HDF5 cannot recover from a full disk: h5py keeps the file open, retries the flush when the
+    interpreter exits and may crash, burying the job's one line under tracebacks. So when the
+    file system has less room than ``estimate`` (the uncompressed data) plus metadata, the file
+    is built in memory (HDF5's core driver) and written with plain file I/O, which fails
+    cleanly; a compressed output that does fit is still written. With room to spare, HDF5
+    writes the file directly (no copy in memory)."""
+    temporary = Path(temporary)
+    with writing(step, final):
+        if free_bytes(temporary.parent) >= estimate + METADATA_BYTES:
+            with h5py.File(temporary, "w", **kwargs) as handle:
+                yield handle
+            return
+        with h5py.File(f"{temporary}.core", "w", driver="core", backing_store=False, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            image = handle.id.get_file_image()
+        with open(temporary, "wb") as out:
+            out.write(image)
+
+
 def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     """Chunks of one slice along the first axis (whole slice up to 4 MiB, else row bands)."""
     _, ny, nx = shape
@@ -91,7 +129,8 @@ class SaveSlab(Step):
         info = self.store.get("recon_info", {})
         ref = self.ctx.output("slab")
         dataset = ref.dataset or SLAB_DATASET
-        with writing(self.name, self.ctx.final_output("slab").path), h5py.File(ref.path, "w", track_order=False) as handle:
+        with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, data.nbytes,
+                         track_order=False) as handle:
             handle.attrs["default"] = "entry"
             entry = nx_group(handle, "/entry", "NXentry")
             group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
@@ -194,7 +233,7 @@ class Gather(Step):
             mapping.append((pos, rel, slab))
             pos += slab["shape"][0]
         sources = [rel for _, rel, _ in mapping]
-        with writing(self.name, final.path), h5py.File(ref.path, "w") as handle:
+        with hdf5_output(self.name, final.path, ref.path, 1 << 20) as handle:
             handle.attrs["default"] = "entry"
             entry = nx_group(handle, "/entry", "NXentry")
             group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")

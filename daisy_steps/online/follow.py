@@ -237,7 +237,14 @@ class EigerFollower(Follower):
             n_trigger = _int(handle, f"{spec}/ntrigger") or 1
             self._mask_path = self.metadata.get("pixel_mask_path")
             self._read_links(handle)
+            rows, cols = _int(handle, f"{spec}/y_pixels_in_detector"), _int(handle, f"{spec}/x_pixels_in_detector")
+            depth = _int(handle, "/entry/instrument/detector/bit_depth_image")
         self.expected = expected if expected is not None else (n_images * n_trigger if n_images else None)
+        if rows and cols and depth in (8, 16, 32):
+            # the master, written when the detector is armed, tells the frames' shape and type:
+            # the watcher sets up (mask, integrator) before the first data file exists
+            self.shape, self.dtype = (rows, cols), np.dtype(f"uint{depth}")
+            return
         if not self.parts or not self.parts[0].exists():
             raise NotYet(f"{self.master}: no data file yet")
         first = self.parts[0]

@@ -55,6 +55,17 @@ class XRDResult:
     settings: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     mask: np.ndarray | None = None
+    #: per-frame values kept beside the patterns (/entry/integrate_1d/<name>): normalization
+    #: factor, monitor, exposure time (absent for runs without normalization)
+    frame_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: units and meaning of the per-frame values of XRDResult.frame_arrays
+FRAME_ARRAYS = {
+    "normalization_factor": ("", "normalization factor pyFAI divided the frame's pattern by"),
+    "monitor": ("counts", "incident-flux monitor counts of the frame"),
+    "exposure_time": ("s", "exposure time of the frame"),
+}
 
 
 def mask_digest(mask: np.ndarray | None) -> str:
@@ -146,9 +157,19 @@ class ResultWriter:
         inp = nx_group(entry, "input", "NXcollection")
         inp.create_dataset("source", data=json.dumps(sources, sort_keys=True))
 
-    def write(self, offset: int, frames, intensity, sigma=None, cake=None, sigma_2d=None) -> None:
+    def write(self, offset: int, frames, intensity, sigma=None, cake=None, sigma_2d=None,
+              extras: dict[str, np.ndarray] | None = None) -> None:
         n = len(frames)
         sl = slice(offset, offset + n)
+        for name, values in (extras or {}).items():  # per-frame values, created at their first write
+            g1 = self.handle["/entry/integrate_1d"]
+            if name not in g1:
+                units, doc = FRAME_ARRAYS.get(name, ("", name))
+                dset = g1.create_dataset(name, shape=(self.n,), dtype=np.float64)
+                dset.attrs["long_name"] = doc
+                if units:
+                    dset.attrs["units"] = units
+            g1[name][sl] = values
         self.frame1[sl] = frames
         self.i1[sl] = intensity
         if self.s1 is not None:
@@ -168,7 +189,8 @@ def write_result(path, result: XRDResult, compression: str = "gzip") -> None:
             chi=result.chi, sigma=result.sigma is not None, sigma_2d=result.sigma_2d is not None,
             geometry=result.geometry, settings=result.settings, sources=[result.source], mask=result.mask,
             compression=compression)
-        writer.write(0, result.frames, result.intensity, result.sigma, result.cake, result.sigma_2d)
+        writer.write(0, result.frames, result.intensity, result.sigma, result.cake, result.sigma_2d,
+                     extras=result.frame_arrays)
 
 
 class ResultFile:
@@ -199,6 +221,11 @@ class ResultFile:
         self.sources = json.loads(_str(h["/entry/input/source"][()]))
         self.has_sigma = "intensity_errors" in g1
         self.has_sigma_2d = self.g2 is not None and "intensity_errors" in self.g2
+
+    def frame_arrays(self) -> dict[str, np.ndarray]:
+        """The per-frame values beside the patterns (normalization factor, monitor, exposure)."""
+        g1 = self.handle["/entry/integrate_1d"]
+        return {name: np.asarray(g1[name][()]) for name in FRAME_ARRAYS if name in g1}
 
     def mask(self):
         m = self.handle.get("/entry/process/mask")

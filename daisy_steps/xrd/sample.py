@@ -11,6 +11,9 @@ Layouts:
   are external links to ``scan_NNNNN_data_000001.h5:/entry/data/data`` (bitshuffle/LZ4),
   ``frames_per_file`` frames each. Gap pixels hold the dtype's maximum, as on the detector.
 * ``stack``: one HDF5 file with /entry/data/data and no mask (use the ``user_mask`` output).
+
+With ``monitor_counts``, /entry/control/data (NXmonitor) holds each frame's incident-flux counts,
+``monitor_counts`` times the frame's drift scale: monitor-normalized patterns are flat over the scan.
 """
 
 from __future__ import annotations
@@ -112,8 +115,11 @@ class SampleXRDEiger(Step):
         pixel_mask.flat[hot] |= HOT
         n = p["n_frames"]
 
+        def scale_of(k: int) -> float:
+            return 1.0 + (p["drift"] * (k / (n - 1) - 0.5) if n > 1 else 0.0)
+
         def frame(k: int) -> np.ndarray:
-            scale = 1.0 + (p["drift"] * (k / (n - 1) - 0.5) if n > 1 else 0.0)
+            scale = scale_of(k)
             counts = np.random.default_rng([p["seed"], k]).poisson(ideal * scale)
             counts = np.minimum(counts, top - 1).astype(dtype)
             counts[gaps] = top
@@ -152,6 +158,11 @@ class SampleXRDEiger(Step):
                 for k in range(n):
                     dset[k] = frame(k)
                 _nx(entry.create_group("sample"), "NXsample").create_dataset("name", data=p["calibrant"])
+        if p["monitor_counts"] is not None:  # the incident flux that made the drift: NXmonitor per frame
+            with h5py.File(master, "a") as handle:
+                control = _nx(handle["entry"].require_group("control"), "NXmonitor")
+                _value(control, "mode", "monitor")
+                _value(control, "data", np.array([p["monitor_counts"] * scale_of(k) for k in range(n)]), "counts")
         if self.ctx.has_output("poni"):
             from .geometry import poni_text
 

@@ -52,7 +52,10 @@ class LoadFrames(Step):
 
     def execute(self) -> None:
         p = self.params
-        source = open_source(self.ctx.input("source"), p["format"], p["start"], p["stop"], p["batch_frames"])
+        from .series import source_from_slots  # a file series: input slots series_NNNNNN
+
+        source = source_from_slots(self.ctx, p) or open_source(self.ctx.input("source"), p["format"], p["start"],
+                                                               p["stop"], p["batch_frames"])
         self.store.put(FRAMES_KEY, source)
         self.ctx.results.update(source.describe())
         self.log.info("%s: %s frames %d:%d of %d, %s %s", source.kind, source.label, source.start,
@@ -136,7 +139,9 @@ class Integrate(Step):
     libraries = PYFAI_LIBS
     requires = {FRAMES_KEY: FRAMES_IN,
                 MASK_KEY: Port("ndarray", "pixels to exclude, 1 = excluded (xrd.mask); absent: the "
-                                          "detector's own mask", optional=True)}
+                                          "detector's own mask", optional=True),
+                "normalization": Port("ndarray", "per-frame normalization factors (xrd.normalize)", optional=True),
+                "normalization_info": Port("dict", "their origin (xrd.normalize)", optional=True)}
     provides = {RESULT_KEY: Port("xrd_result", "the integrated 1D patterns (and 2D cakes) of the frames")}
 
     def initialize(self) -> None:
@@ -190,22 +195,25 @@ class Integrate(Step):
         cake = np.empty((n, p["npt_azim"], npt_rad_2d), np.float32) if two_d else None
         sigma_2d = np.empty_like(cake) if (two_d and want_sigma) else None
         radial = radial_2d = chi = None
+        from .options import extra_settings, factor_kwargs, frame_arrays, integrate_1d, method_1d
+
+        norm, norm_info = self.store.get("normalization"), self.store.get("normalization_info")
         used: dict[str, str] = {}
         clock, first_seconds = time.perf_counter(), None
         for k, (index, frame) in enumerate(source.frames()):
-            r1 = self.ai.integrate1d(frame, npt, **kwargs)
+            r1 = integrate_1d(self.ai, frame, npt, kwargs, p, norm, k)
             intensity[k] = r1.intensity
             if want_sigma:
                 sigma[k] = r1.sigma
             if two_d:
-                r2 = self.ai.integrate2d(frame, npt_rad_2d, p["npt_azim"], **kwargs2)
+                r2 = self.ai.integrate2d(frame, npt_rad_2d, p["npt_azim"], **kwargs2, **factor_kwargs(norm, k))
                 cake[k] = r2.intensity
                 if want_sigma:
                     sigma_2d[k] = r2.sigma
             if k == 0:
                 first_seconds = time.perf_counter() - clock
                 radial = np.asarray(r1.radial, dtype=np.float64)
-                used["1d"] = self._method_used(r1.method, p["method"])
+                used["1d"] = self._method_used(r1.method, method_1d(p))
                 if two_d:
                     radial_2d = np.asarray(r2.radial, dtype=np.float64)
                     chi = np.asarray(r2.azimuthal, dtype=np.float64)
@@ -222,11 +230,12 @@ class Integrate(Step):
             "dark": self.images.get("dark", (None,))[0], "flat": self.images.get("flat", (None,))[0],
             "mask_sha256": mask_digest(self.mask), "masked_pixels": None if self.mask is None else int(self.mask.sum()),
             "pyfai_version": pyFAI.version,
+            **extra_settings(p, norm_info),
         }
         self.store.put(RESULT_KEY, XRDResult(
             frames=source.indices, unit=p["unit"], radial=radial, intensity=intensity, sigma=sigma,
             radial_2d=radial_2d, chi=chi, cake=cake, sigma_2d=sigma_2d, geometry=self.geometry,
-            settings=settings, source=source.describe(), mask=self.mask))
+            settings=settings, source=source.describe(), mask=self.mask, frame_arrays=frame_arrays(norm, norm_info)))
         self.ctx.results.update({
             "frames": n, "method_used_1d": used.get("1d"), "method_used_2d": used.get("2d"),
             "geometry": {k: self.geometry[k] for k in ("source", "fit2d", "wavelength_angstrom")},
@@ -361,7 +370,7 @@ class Gather(Step):
                 all_1d[offset:offset + m] = i1
                 if s1 is not None:
                     all_sigma[offset:offset + m] = s1
-                writer.write(offset, b.frames, i1, s1)
+                writer.write(offset, b.frames, i1, s1, extras=b.frame_arrays())
                 if two_d:
                     for i in range(m):  # one cake at a time: a scan's 2D results may not fit in memory
                         c = np.asarray(b.g2["intensity"][i])
@@ -384,6 +393,10 @@ class Gather(Step):
         rad_name, rad_units, rad_label = UNITS[first.unit]
         if self.ctx.has_output("xy"):
             self._write_xy(first, all_1d, all_sigma)
+        if self.ctx.has_output("exports"):  # .xy/.xye/.chi/.fxye per frame (daisy_steps/xrd/exports.py)
+            from .exports import write_exports
+
+            self.ctx.results["export_files"] = write_exports(self.ctx, p, first, self.frames, all_1d, all_sigma)
         if self.ctx.has_output("pattern_png"):
             self._pattern_png(first, all_1d, rad_label, rad_units)
         if self.ctx.has_output("cake_png"):
