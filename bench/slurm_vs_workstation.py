@@ -32,12 +32,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+#: CPUs of a node (one node here): a group job may use this many; without ``--cores`` Snakemake sums
+#: the threads of all slabs of a group (16 x 2 = 32 CPUs) and the job never starts
+NODE_CPUS = str(os.cpu_count() or 1)
 #: Slurm variants: extra snakemake arguments after the profile's
 VARIANTS = {
     "jobs": [],                                                     # the profile as committed
     "init40": ["--slurm-init-seconds-before-status-checks", "40"],  # the plugin's default (before)
-    "group16": ["--groups", "ct_slab=slabs", "--group-components", "slabs=16"],
-    "group8": ["--groups", "ct_slab=slabs", "--group-components", "slabs=8"],
+    "group16": ["--groups", "ct_slab=slabs", "--group-components", "slabs=16", "--cores", NODE_CPUS],
+    "group8": ["--groups", "ct_slab=slabs", "--group-components", "slabs=8", "--cores", NODE_CPUS],
     "array": ["--slurm-array-jobs", "ct_slab"],
 }
 SCANS = {"demo": 2, "64": 64}
@@ -70,7 +73,8 @@ def run(config: Path, workdir: Path, profile: str, extra: list[str]) -> dict:
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode:
-        raise SystemExit(f"{profile} {' '.join(extra)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{profile} {' '.join(extra)} failed ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     records = [json.loads(p.read_text()) for p in sorted((workdir / "results/ct/records").glob("ct_*.json"))]
     slurm_ids = sorted({r.get("slurm", {}).get("job_id") for r in records} - {None})
     busy = sum((r.get("slurm") or {}).get("used", {}).get("elapsed_seconds") or 0 for r in records)
@@ -130,7 +134,8 @@ def main() -> int:
             results["summary"].append(row)
     print("\n| scan | variant | median wall (s) | / workstation | overhead per job (s) |\n|---|---|---|---|---|")
     for row in results["summary"]:
-        print(f"| {row['scan']} | {row['variant']} | {row['median_s']} | {row['ratio']} | {row['overhead_per_job_s']} |")
+        print(f"| {row['scan']} | {row['variant']} | {row['median_s']} | {row['ratio']} "
+              f"| {row['overhead_per_job_s']} |")
     if not all(r["identical"] for r in results["runs"]):
         print("NOT bit-identical: some Slurm volume differs from the workstation's", file=sys.stderr)
         return 1

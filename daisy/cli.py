@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     provenance_cli.register_cli(sub)
     archive_cli.register_cli(sub)
     register_report_cli(sub)
+    from .online import cli as online_cli
+    online_cli.register_cli(sub)
     return parser
 
 

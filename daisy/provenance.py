@@ -131,7 +131,7 @@ def _images(run, lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
     verified signature), from what the run recorded when its jobs started; else as planned."""
     try:
         ran = json.loads(Path(run.images_file()).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # not recorded (jobs never started), or no plan
         ran = {}
     keys = ("version", "image_sha256", "definition_sha256", "file", "size_bytes", "apptainer_version", "built_at")
     out = {}

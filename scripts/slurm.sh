@@ -266,6 +266,7 @@ case "${1:-}" in
   status) cmd_status ;;
   restart) cmd_stop; cmd_start ;;
   conf) mode=linuxproc; [ "$CGROUP" != no ] && [ -n "$(cgroup_version)" ] && mode=cgroup
-        STATE=$(mktemp -d); CONF=$STATE/etc/slurm.conf; write_conf "$mode"; cat "$CONF"; rm -rf "$STATE" ;;
+        real=$STATE; STATE=$(mktemp -d); CONF=$STATE/etc/slurm.conf; write_conf "$mode"
+        sed "s#$STATE#$real#g" "$CONF"; rm -rf "$STATE" ;;
   *) echo "usage: $0 start|stop|status|restart|conf" >&2; exit 2 ;;
 esac

@@ -871,3 +871,71 @@ def test_daisy_run_with_a_missing_or_corrupted_image(tmp_path, problem):
     assert res.returncode == 2, text[-3000:]
     assert_names(res.stderr, words)
     assert leftovers(tmp_path / "out") == [] and not (tmp_path / "out" / "copy").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. the warnings a run prints at its end (daisy/run_report.py)
+# ------------------------------------------------------------------------------------------------
+
+def test_print_warnings_reads_every_record_and_never_fails(tmp_path):
+    import io
+
+    from daisy.run_report import print_warnings
+
+    raw = write_raw(tmp_path / "raw" / "scan.h5")
+    run = plan(ct_config(tmp_path, raw))
+    assert print_warnings(run, io.StringIO()) == 0                     # no record yet: nothing to say
+    lines = {"ct_center": ["ct.normalize: 3 of 128 detector pixels are dead"],
+             "ct_slab_0001": ["ct.normalize: 2 of 1536 projection values are NaN or inf", "ct.find_center: edge"]}
+    for job, warnings in lines.items():
+        path = Path(run.record_file(job))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"status": "completed", "started": "x", "warnings": warnings}))
+    out = io.StringIO()
+    assert print_warnings(run, out) == 3
+    text = out.getvalue()
+    assert "daisy: 3 warnings" in text and str(Path(run.provenance_file())) in text
+    assert "daisy: warning: ct_center: ct.normalize: 3 of 128 detector pixels are dead" in text
+    assert "daisy: warning: ct_slab_0001: ct.find_center: edge" in text
+    out = io.StringIO()
+    assert print_warnings(run, out, limit=1) == 3 and "and 2 more" in out.getvalue()
+    Path(run.record_file("ct_center")).write_text("{not json")          # a damaged record: still no exception
+    assert print_warnings(run, io.StringIO()) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. the reconstruction gate: garbage from tomopy.recon is recomputed once, never saved
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_calls, outcome", [(0, "clean"), (1, "warning"), (2, "failure")])
+def test_implausible_reconstructions_are_recomputed_then_refused(tmp_path, fake_tomopy, bad_calls, outcome):
+    """Debian's tomopy 1.15.2 sometimes returns inf or ~1e11..1e28 from a process's first gridrec
+    call (seen on 900 x 32 x 512); a stand-in returns such garbage ``bad_calls`` times."""
+    calls = []
+
+    def recon(proj, theta, center=None, algorithm=None, sinogram_order=False, ncore=1, nchunk=None, **kw):
+        calls.append(1)
+        out = np.full((proj.shape[1], proj.shape[2], proj.shape[2]), 0.01, np.float32)
+        if len(calls) <= bad_calls:
+            out[:, 0, -1] = np.inf if len(calls) == 1 else 3e19
+        return out
+
+    fake_tomopy.recon = recon
+    raw = write_raw(tmp_path / "raw" / "scan.h5")
+    out = tmp_path / "out"
+    steps = [{"step": "ct.load", "inputs": {"raw": str(raw)}}, {"step": "ct.normalize"}, {"step": "ct.angles"},
+             {"step": "ct.minus_log"}, {"step": "ct.recon", "params": {"center": 8.0}},
+             {"step": "ct.save_slab", "outputs": {"slab": str(out / "slab.h5")}}]
+    job = {"job_version": 1, "job": "recon", "threads": 1, "record": str(out / "record.json"), "steps": steps}
+    if outcome == "failure":
+        refused(lambda: run_job(job), ["ct.recon", "twice", "3e+19", str(raw), "recon.max_value_factor"])
+        assert leftovers(out) == []
+        return
+    record = run_job(job)
+    with h5py.File(out / "slab.h5", "r") as handle:
+        assert np.isfinite(handle["/entry/recon/data"][()]).all()
+    if outcome == "warning":
+        assert len(record["warnings"]) == 1 and "ct.recon: " in record["warnings"][0]
+        assert_names(record["warnings"][0], [f"{ROWS} non-finite values", "first call", str(raw)])
+    else:
+        assert record["warnings"] == [] and len(calls) == 1

@@ -103,7 +103,8 @@ def play_xrd(source: dict[str, Path], out: Path, scan: str, frames: int, rate: f
     if layout == "eiger":
         scan_file = out / f"{scan}_master.h5"
         n_files = -(-frames // frames_per_file)
-        with h5py.File(source["master"], "r") as src_master, h5py.File(scan_file, "w") as master:
+        partial = scan_file.with_name(f".{scan_file.name}.part")   # renamed into place when written
+        with h5py.File(source["master"], "r") as src_master, h5py.File(partial, "w") as master:
             for name in src_master:
                 src_master.copy(src_master[name], master, name=name)
             data = master["/entry/data"]
@@ -114,6 +115,7 @@ def play_xrd(source: dict[str, Path], out: Path, scan: str, frames: int, rate: f
             spec = master["/entry/instrument/detector/detectorSpecific"]
             del spec["nimages"]
             spec.create_dataset("nimages", data=frames)
+        partial.replace(scan_file)
     else:
         scan_file = out / f"{scan}.h5"
         shutil.copyfile(source["mask"], out / f"{scan}_mask.h5")

@@ -174,6 +174,12 @@ def plan_scans(cfg: dict) -> list[Scan]:
             if not what.is_file():
                 raise StepError(f"{label}: no such file")
             scans.append(plan_file(inp, str(what), inp["dataset"]))
+    from ..config import input_problem
+
+    for scan in scans:  # what config.check_paths does for input.file: folders Apptainer can bind
+        problem = input_problem("input.scans", scan.file)
+        if problem:
+            raise StepError(problem)
     seen: dict[str, Scan] = {}
     for scan in scans:
         scan.name = SAFE_NAME.sub("_", scan.name)

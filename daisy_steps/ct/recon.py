@@ -24,6 +24,19 @@ def recon_chunk(rows: int, threads: int) -> int:
     return max(2, per_thread + per_thread % 2)
 
 
+def implausible(recon: np.ndarray, bound: float) -> str | None:
+    """What is wrong with a reconstruction (non-finite values, or values beyond ``bound``:
+    filtered backprojection stays within a small multiple of the largest sinogram value), or None."""
+    finite = np.isfinite(recon)
+    bad = int(recon.size - np.count_nonzero(finite))
+    if bad:
+        return f"{bad} non-finite values"
+    peak = float(np.max(np.abs(recon))) if recon.size else 0.0
+    if peak > bound:
+        return f"values up to {peak:.3g} (more than {bound:.3g})"
+    return None
+
+
 def read_center(path) -> float:
     """The ``center`` number of a ct.find_center JSON output."""
     try:
@@ -39,17 +52,23 @@ class Recon(Step):
 
     The centre is, first found of: the field ``center``; input slot ``center`` (ct.find_center's
     JSON); ``center`` in the store (ct.find_center earlier in this job).
+
+    Gate: a reconstruction with non-finite values, or values beyond ``max_value_factor`` times
+    the largest sinogram value, is computed once more (tomopy.recon leaves its input unchanged);
+    a plausible second result completes with a warning, a second failure fails the job.
     """
 
     name = "ct.recon"
-    version = "1.0.0"
+    version = "1.1.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
                 "theta": Port("ndarray", "rotation angles, radians (ct.angles)"),
                 "center": Port("float", "rotation centre from ct.find_center earlier in the job (used when "
                                         "neither the field center nor the input slot center is given)",
-                               optional=True)}
+                               optional=True),
+                "rows": Port("tuple", "(start, stop): the detector rows held (named in messages)", optional=True),
+                "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
     provides = {"recon": Port("ndarray", "the reconstructed slab, (rows, N, N) float32"),
                 "recon_info": Port("dict", "algorithm, centre and options used (saved as attributes)")}
     consumes = ("proj",)
@@ -75,9 +94,27 @@ class Recon(Step):
         if clip:
             np.maximum(proj, np.float32(0), out=proj)
         rows = proj.shape[1]
-        recon = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
-                             sinogram_order=False, ncore=self.ctx.threads,
-                             nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
+
+        def reconstruct():
+            return tomopy.recon(proj, theta, center=center, algorithm=algorithm,
+                                sinogram_order=False, ncore=self.ctx.threads,
+                                nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
+
+        recon = reconstruct()
+        # the gate: tomopy (Debian's 1.15.2) sometimes returns garbage from the first gridrec call
+        # of a process (inf, or values ~1e11..1e28); tomopy.recon leaves proj unchanged, so once more
+        bound = p["max_value_factor"] * max(float(np.max(np.abs(proj))), 1e-12)
+        problem = implausible(recon, bound)
+        if problem:
+            recon = reconstruct()
+            again = implausible(recon, bound)
+            rows_text = self._rows_text()
+            if again:
+                raise StepError(f"{self.name}: tomopy.recon ({algorithm}) returned {again} for {rows_text}, twice; "
+                                f"the result would be meaningless (config field recon.max_value_factor "
+                                f"{p['max_value_factor']:g} x the largest sinogram value)")
+            self.ctx.warn(f"tomopy.recon ({algorithm}) returned {problem} for {rows_text} on its first call; "
+                          f"reconstructed again, the result is plausible")
         del proj
         self.store.discard("proj")  # free the slab's projections before masking
         recon = np.asarray(recon, dtype=np.float32)
@@ -90,6 +127,12 @@ class Recon(Step):
         self.store.put("recon", recon)
         self.store.put("recon_info", info)
         self.ctx.results.update(info, shape=list(recon.shape))
+
+    def _rows_text(self) -> str:
+        rows = self.store.get("rows")
+        raw = self.store.get("raw_file")
+        text = f"rows {rows[0]}:{rows[1]}" if rows else "the slab"
+        return f"{text} of {raw}" if raw else text
 
     def _center(self) -> tuple[float, str]:
         if self.params["center"] is not None:

@@ -47,8 +47,8 @@ class CTFollower:
             raise NotYet(f"{path} does not exist yet")
         try:
             handle = open_h5(self.path)
-        except OSError as exc:
-            raise NotYet(f"{path} is not a readable HDF5 file yet ({exc})") from None
+        except Exception as exc:  # noqa: BLE001  OSError, RuntimeError, ...: a file mid-write
+            raise NotYet(f"{path} is not a readable HDF5 file yet ({type(exc).__name__}: {exc})") from None
         with handle:
             try:
                 paths = resolve_paths(handle, load_params)
@@ -181,8 +181,9 @@ def main(job_path, quiet: bool = False) -> int:
                 next_index += 1
                 ending.progressed()
                 theta = theta_for(next_index)
-                # 180 degrees are in when the angles covered, one angular step included, reach pi
-                if (not estimates and theta is not None and next_index > 2
+                # 180 degrees are in when the angles covered, one angular step included, reach pi (at the
+                # last projection the final estimate follows at once: no partial one then)
+                if (not estimates and theta is not None and next_index > 2 and next_index != expected
                         and float(theta[-1] - theta[0]) * next_index / (next_index - 1) >= np.pi * (1 - 1e-3)):
                     clock = time.perf_counter()
                     center = find_center(next_index, final=False)

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from ..errors import StepError
-from ..h5 import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 for the data files)
+from ..h5 import hdf5plugin  # noqa: F401,I001  (registers bitshuffle/LZ4 for the data files)
 
 DEFAULT_STACK = "/entry/data/data"
 EIGER_LINK = re.compile(r"^data_(\d{6})$")
@@ -433,13 +433,16 @@ def open_follower(path, dataset: str | None = None, fmt: str = "auto", pattern: 
         with open_h5(path) as handle:
             group = handle.get("/entry/data")
             links = [n for n in (group or {}) if EIGER_LINK.match(n)] if isinstance(group, h5py.Group) else []
-    except OSError as exc:
-        raise NotYet(f"{path} is not a readable HDF5 file yet ({exc})") from None
-    if fmt == "eiger" or (fmt == "auto" and links and not dataset):
-        if not links:
-            raise NotYet(f"{path}: no Eiger links /entry/data/data_NNNNNN yet")
-        return EigerFollower(path, expected)
-    return StackFollower(path, dataset or DEFAULT_STACK, expected)
+    except Exception as exc:  # noqa: BLE001  OSError, RuntimeError, ...: a file mid-write
+        raise NotYet(f"{path} is not a readable HDF5 file yet ({type(exc).__name__}: {exc})") from None
+    try:
+        if fmt == "eiger" or (fmt == "auto" and links and not dataset):
+            if not links:
+                raise NotYet(f"{path}: no Eiger links /entry/data/data_NNNNNN yet")
+            return EigerFollower(path, expected)
+        return StackFollower(path, dataset or DEFAULT_STACK, expected)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:  # metadata still being written
+        raise NotYet(f"{path}: not readable yet ({type(exc).__name__}: {exc})") from None
 
 
 def wait_for(make, stop, poll: float = 0.1, timeout: float | None = None, on_wait=None):

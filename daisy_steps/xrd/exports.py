@@ -41,7 +41,8 @@ def check_formats(formats, unit: str, has_sigma: bool) -> None:
             raise StepError(f"export format '{fmt}' needs standard deviations: integrate with an error_model "
                             f"(poisson or azimuthal)")
         if fmt in NEEDS_2THETA and unit != "2th_deg":
-            raise StepError(f"export format '{fmt}' holds 2θ (constant-wavelength GSAS data); the patterns are in {unit}")
+            raise StepError(f"export format '{fmt}' holds 2θ (constant-wavelength GSAS data); "
+                            f"the patterns are in {unit}")
 
 
 def _columns(x, y, e=None) -> np.ndarray:
@@ -55,7 +56,8 @@ def write_pattern(path: Path, fmt: str, unit: str, radial, intensity, sigma, hea
     y = np.asarray(intensity)
     e = None if sigma is None else np.asarray(sigma)
     if fmt == "xy":
-        np.savetxt(path, _columns(x, y), fmt=("%.10g", "%.9g"), header="\n".join(header + [f"{rad_name}({rad_units}) I"]))
+        np.savetxt(path, _columns(x, y), fmt=("%.10g", "%.9g"),
+                   header="\n".join(header + [f"{rad_name}({rad_units}) I"]))
     elif fmt == "xye":
         np.savetxt(path, _columns(x, y, e), fmt=("%.10g", "%.9g", "%.9g"),
                    header="\n".join(header + [f"{rad_name}({rad_units}) I sigma"]))

@@ -146,7 +146,8 @@ def frame_header(path: Path) -> tuple[tuple[int, int], np.dtype, int, dict[str, 
 
     try:
         with fabio.open(str(path)) as image:
-            return tuple(image.shape), np.dtype(image.data.dtype), int(getattr(image, "nframes", 1) or 1), dict(image.header)
+            nframes = int(getattr(image, "nframes", 1) or 1)
+            return tuple(image.shape), np.dtype(image.data.dtype), nframes, dict(image.header)
     except Exception as exc:  # fabio raises IOError/ValueError/... for unknown or damaged files
         raise StepError(f"series file {path} cannot be read by fabio ({exc})") from None
 
