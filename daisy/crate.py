@@ -374,10 +374,14 @@ class _Renderer:
             props["error"] = doc["error"]
         run = self.crate.add_action(workflow, identifier=self.uid("run"), object=objects or None,
                                     result=results or None, properties=props)
-        engine = self.entity("#snakemake", {"@type": "SoftwareApplication", "name": "Snakemake",
-                                            "url": {"@id": "https://snakemake.github.io"},
-                                            "softwareVersion": doc.get("software", {}).get("snakemake")})
-        organize = {"@type": "OrganizeAction", "name": "Snakemake run of the DAISY workflow",
+        if doc.get("engine") == "daisy watch":  # online mode: DAISY's watcher ran the job
+            engine = self.entity("#daisy-watch", {"@type": "SoftwareApplication", "name": "daisy watch",
+                                                  "softwareVersion": doc.get("software", {}).get("daisy")})
+        else:
+            engine = self.entity("#snakemake", {"@type": "SoftwareApplication", "name": "Snakemake",
+                                                "url": {"@id": "https://snakemake.github.io"},
+                                                "softwareVersion": doc.get("software", {}).get("snakemake")})
+        organize = {"@type": "OrganizeAction", "name": f"{engine['name']} run of the DAISY workflow",
                     "instrument": {"@id": engine.id}, "result": {"@id": run.id},
                     "object": [{"@id": c.id} for c in controls], "actionStatus": STATUS[status]}
         for key in ("startTime", "endTime", "error"):

@@ -95,6 +95,8 @@ class Run:
     outputs: dict[str, dict[str, Output]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     code_sha256: str = ""
+    #: what ran the jobs: "snakemake" (daisy run, plain snakemake) or "daisy watch" (online mode)
+    engine: str = "snakemake"
 
     # -- paths: every one is named here or by a stage's output patterns -------------------------
     def path(self, *parts: str) -> str:

@@ -205,6 +205,7 @@ def collect(run, status: str = "completed", error: str | None = None) -> dict[st
         "code_files": {name: sha256_file(path) for name, path in code_files()},
         "workflow_files": workflow_files(),
         "images": images,
+        "engine": getattr(run, "engine", "snakemake"),
         "software": {"daisy": __version__, "snakemake": metadata.version("snakemake"),
                      "apptainer": apptainer, "python": platform.python_version()},
         "inputs": _file_infos(sorted(set(run.inputs))),

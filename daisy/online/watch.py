@@ -210,7 +210,7 @@ def make_run(pipeline: str, cfg: dict[str, Any], job: dict[str, Any], folder: Pa
 
     from ..plan import Job, Run, Stage
 
-    run = Run(config=cfg, pipeline=pipeline, outdir=folder, code_sha256=code_sha256())
+    run = Run(config=cfg, pipeline=pipeline, outdir=folder, code_sha256=code_sha256(), engine="daisy watch")
     name = job["job"]
     stage = Stage(pipeline, name, job["image"]["name"], tuple(e["step"] for e in job["steps"]),
                   doc=f"daisy watch: the {pipeline} chain run on each frame as it lands "
