@@ -11,7 +11,7 @@ different outdirs are comparable). ``--fresh-cache``: a new image cache holding 
 the images, so that every run hashes them and writes the one hash cache at the same time (the
 worst case for the cache; otherwise the digests come from the user's warm cache).
 
-    python3 bench/concurrent_runs.py [--size fixed|tiny|full] [--runs 4] [--fresh-cache] [--no-record]
+    python3 bench/concurrent_runs.py [--size fixed|tiny|full] [--runs 4] [--fresh-cache] [--algorithm fbp] [--no-record]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--slabs", type=int, default=2)
     ap.add_argument("--fresh-cache", action="store_true")
+    ap.add_argument("--algorithm", default="gridrec", help="ct.recon algorithm (gridrec, fbp, sirt, mlem)")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -87,7 +88,7 @@ def main() -> int:
     for i in range(args.runs):
         cfg = {"config_version": 1, "pipeline": "ct", "outdir": f"run{i}", "threads": 1,
                "input": {"file": str(raw), "layout": "dxchange"}, "slabs": {"count": args.slabs},
-               "center": {"method": "manual", "center": center}}
+               "center": {"method": "manual", "center": center}, "recon": {"algorithm": args.algorithm}}
         path = work / f"run{i}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         configs.append(path)
@@ -118,7 +119,7 @@ def main() -> int:
           f"(each {', '.join(f'{t:.2f}' for t in serial_times)} s), concurrent {concurrent:.2f} s; "
           f"outputs equal to the serial runs: {same} (serial runs agree: {serial_same}); "
           f"hash cache whole: {cache_ok}; fresh cache: {args.fresh_cache}")
-    report("concurrent_runs", f"{args.size} x{args.runs}{' fresh-cache' if args.fresh_cache else ''}",
+    report("concurrent_runs", f"{args.size} x{args.runs} {args.algorithm}{' fresh-cache' if args.fresh_cache else ''}",
            concurrent, sum(serial_times), target="A/B <= 1, outputs identical",
            met=bool(same and cache_ok and concurrent <= sum(serial_times)), record=not args.no_record,
            extra={"serial_runs": serial_times, "outputs_identical": same, "hash_cache_whole": cache_ok})

@@ -53,6 +53,10 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
             resolved = Path(scratch) / workflow.RESOLVED_CONFIG
             workflow.write_resolved_config(run.config, resolved, source=config)
         else:
+            from . import outdir_lock
+
+            run = workflow.cached_plan(workflow.read_config(config), source=str(config), pipeline=pipeline)
+            outdir_lock.acquire(run.outdir)      # one run per outdir, before anything is written into it
             run, resolved = workflow.resolve(config, pipeline)
             for name in run.images():  # pull missing images by digest before Snakemake fixes their paths
                 images.resolve(name)

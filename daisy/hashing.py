@@ -16,6 +16,8 @@ from typing import Iterable
 from daisy_steps.fileio import sha256_file as sha256_file_uncached
 from daisy_steps.fileio import write_json_atomic
 
+from .filelock import file_lock
+
 CACHE_NAME = "sha256-cache.json"
 
 
@@ -53,11 +55,13 @@ def sha256_files(paths: Iterable, workers: int | None = None) -> dict[str, str]:
     with ThreadPoolExecutor(workers) as pool:
         for path, digest in zip(missing, pool.map(sha256_file_uncached, missing)):
             digests[str(path)] = digest
-    cache = {p: entry for p, entry in cache.items() if Path(p).exists()}   # forget deleted files
-    for path, stat in missing.items():
-        cache[str(path)] = {"stat": stat, "sha256": digests[str(path)]}
-    try:
-        write_json_atomic(cache_file, cache, mode=0o644)
+    try:  # concurrent runs share the cache: re-read, merge and replace it under a lock
+        with file_lock(cache_file.with_name(cache_file.name + ".lock")):
+            cache = _read_cache(cache_file)
+            cache = {p: entry for p, entry in cache.items() if Path(p).exists()}   # forget deleted files
+            for path, stat in missing.items():
+                cache[str(path)] = {"stat": stat, "sha256": digests[str(path)]}
+            write_json_atomic(cache_file, cache, mode=0o644)
     except OSError:
         pass                              # a read-only cache only costs speed
     return digests

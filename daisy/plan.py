@@ -214,4 +214,5 @@ def plan(config: dict[str, Any], source: str = "config", pipeline: str | None = 
     run = Run(config=cfg, pipeline=cfg["pipeline"], outdir=Path(cfg["outdir"]), code_sha256=code_sha256())
     plan_fn: Callable[[Run], None] = pipeline_module(run.pipeline).plan
     plan_fn(run)
+    configs.check_plan_paths(run)     # every file of every job inside the outdir
     return run

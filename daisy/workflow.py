@@ -181,8 +181,11 @@ def warm_modules(run: Run) -> dict[str, list[str]]:
 
 def finish_run() -> None:
     """``onsuccess``/``onerror``: stop the image holders and let the process exit."""
+    from . import outdir_lock
+
     while _holders:
         _holders.pop().release()
+    outdir_lock.release_all()
     release_scheduler_timers()
 
 

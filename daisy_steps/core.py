@@ -185,7 +185,7 @@ class JobContext:
     def extra_output(self, final_path) -> Path:
         """A temporary file for an output not named in the job file (e.g. one .xy file per
         frame); committed or removed with the declared outputs and listed in the record."""
-        return self._outset.temporary(final_path)
+        return self._outset.temporary(final_path, stale=False)   # inside a declared folder output
 
     def final_output(self, slot: str) -> FileRef:
         """The final name of output ``slot`` (for links between outputs, never for writing)."""

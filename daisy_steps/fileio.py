@@ -7,6 +7,7 @@ the whole job has succeeded; on failure they are removed, so no partial output i
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ class OutputSet:
         self._pending: dict[Path, Path] = {}
         self._created: list[Path] = []
 
-    def temporary(self, final: str | os.PathLike) -> Path:
-        """A temporary path beside ``final``; it becomes ``final`` on :meth:`commit`."""
+    def temporary(self, final: str | os.PathLike, stale: bool = True) -> Path:
+        """A temporary path beside ``final``; it becomes ``final`` on :meth:`commit`. ``stale``:
+        first remove temporaries of ``final`` left by an earlier attempt that was killed (SIGKILL
+        skips :meth:`discard`); only this job writes ``final``."""
         final = Path(final)
         if final in self._pending:
             return self._pending[final]
@@ -66,6 +69,9 @@ class OutputSet:
                 raise StepError(f"cannot create output folder {folder}: {exc.strerror}") from None
         if not os.access(folder, os.W_OK):
             raise StepError(f"output folder {folder} is not writable")
+        if stale:
+            for old in folder.glob(f".{glob.escape(final.name)}.part-*"):
+                old.unlink(missing_ok=True)
         tmp = folder / f".{final.name}.part-{os.getpid()}"
         self._pending[final] = tmp
         return tmp

@@ -27,7 +27,7 @@ STAGE = daisy_workflow.rule_specs(RUN)
 
 
 # Every step job: its chain of steps runs in one process in the stage's pinned image.
-JOB_SHELL = "python3 -m daisy_steps run --job {input.job} > {log} 2>&1"
+JOB_SHELL = "python3 -m daisy_steps run --job {input.job:q} > {log:q} 2>&1"
 
 
 rule job_file:
@@ -62,12 +62,18 @@ rule provenance:
 # at the end, holders stopped without waiting for Snakemake's 1 s scheduler timer.
 onstart:
     try:
+        from daisy import outdir_lock
+
+        outdir_lock.acquire(RUN.outdir)  # plain snakemake too: one run per outdir (a no-op under daisy run)
         daisy_workflow.start_run(RUN, workflow)
     except daisy_workflow.SETUP_ERRORS as exc:
         raise WorkflowError(f"DAISY: {exc}") from None
 
 
 onsuccess:
+    from daisy.run_report import print_warnings
+
+    print_warnings(RUN)  # the jobs' warnings (from their records), on the console
     daisy_workflow.finish_run()
 
 
@@ -75,4 +81,7 @@ onerror:
     from daisy import provenance
 
     provenance.write(RUN, status="failed")  # a failed run keeps its record and crate too
+    from daisy.run_report import print_warnings
+
+    print_warnings(RUN)
     daisy_workflow.finish_run()

@@ -815,7 +815,7 @@ def test_daisy_run_with_nan_completes_and_warns(tmp_path):
     kept = [w for job in prov["jobs"].values() for w in job.get("warnings", [])]
     assert any("projection values are NaN or inf" in w and str(raw) in w for w in kept), kept
     if hooked("print_warnings"):
-        assert "daisy: warning: ct_center: ct.normalize:" in res.stderr, res.stderr[-3000:]
+        assert "daisy: warning: ct_slab_0000: ct.normalize:" in res.stderr, res.stderr[-3000:]
         assert "Traceback" not in text
 
 

@@ -77,11 +77,10 @@ def data(tmp_path_factory, slurm):
     raw = make_ct_data(work / "data", "small")["nxtomo"].resolve()
     master, poni = make_xrd_data(work / "data", "small")
     configs = {}
-    for name, slabs in (("ct", SLABS), ("ct6", 6)):
-        configs[name] = work / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump({
-            "config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
-            "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": slabs}}))
+    configs["ct"] = work / "ct.yaml"
+    configs["ct"].write_text(yaml.safe_dump({
+        "config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
+        "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": SLABS}}))
     configs["xrd"] = work / "xrd.yaml"
     configs["xrd"].write_text(yaml.safe_dump({
         "config_version": 1, "pipeline": "xrd", "outdir": "results/xrd", "threads": 2,
@@ -228,7 +227,7 @@ def test_stopped_run_resumes_without_redoing_finished_jobs(data, workstation):
     run_dir.mkdir()
     log = run_dir / "daisy.log"
     with log.open("w") as handle:
-        proc = subprocess.Popen(daisy_cmd("ct", configs["ct6"], "slurm"), cwd=run_dir, stdout=handle,
+        proc = subprocess.Popen(daisy_cmd("ct", configs["ct"], "slurm"), cwd=run_dir, stdout=handle,
                                 stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -242,15 +241,16 @@ def test_stopped_run_resumes_without_redoing_finished_jobs(data, workstation):
         if proc.poll() is None:
             proc.kill()
     done = _finished(log, "ct_slab")
-    assert len(done) < 6, "the run finished before it could be stopped"
+    assert len(done) < SLABS, "the run finished before it could be stopped"
     kept = {i: run_dir / f"results/ct/records/ct_slab_{i}.json" for i in done}
     before = {i: (p.stat().st_mtime_ns, p.read_bytes()) for i, p in kept.items()}
     with log.open("a") as handle:
         handle.write("\n===== the same command again =====\n")
-    again = run_daisy(run_dir, "ct", configs["ct6"], "slurm")
+    again = run_daisy(run_dir, "ct", configs["ct"], "slurm")
     again_slabs = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_ct_slab/(\d{4})/", again))
     assert not again_slabs & done, f"finished slabs {sorted(done)} ran again: {sorted(again_slabs)}"
-    assert again_slabs | done == {f"{i:04d}" for i in range(6)}
+    assert again_slabs | done == {f"{i:04d}" for i in range(SLABS)}
     assert {i: (p.stat().st_mtime_ns, p.read_bytes()) for i, p in kept.items()} == before
     assert json.loads((run_dir / "results/ct/provenance.json").read_text())["status"] == "completed"
-    assert len(records(run_dir, "ct")) == 6 + 2
+    assert len(records(run_dir, "ct")) == SLABS + 2
+    assert np.array_equal(ct_volume(run_dir), ct_volume(workstation / "ws-ct"))

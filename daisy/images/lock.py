@@ -13,16 +13,14 @@
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from daisy_steps.fileio import write_json_atomic
 
 from . import paths
+from ..filelock import file_lock
 from .paths import LOCK_VERSION, ImageError, cache_dir
 
 ENSURE_HINT = "run `daisy containers ensure {name}` (gets the published image, else builds it locally)"
@@ -46,19 +44,6 @@ def load_lock(path: Path | None = None) -> dict:
 def write_lock(lock: dict, path: Path | None = None) -> None:
     """Write the lock atomically, sorted keys, mode 0644."""
     write_json_atomic(Path(path) if path else paths.LOCK_PATH, dict(lock, lock_version=LOCK_VERSION), mode=0o644)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created) while the block runs: read-modify-rename of a
-    JSON index by concurrent writers (two builds, two pushes to one store) loses no entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def update_lock(path: Path, name: str, entry: dict | None, guard: Path | None = None) -> None:

@@ -32,7 +32,9 @@ KEY_VERSION = 1                           # bump when the key's composition chan
 # squashfs compression, part of the definition key (start-up and size: docs/benchmarks.md)
 MKSQUASHFS_ARGS = "-comp lz4 -Xhc"
 BUILD_ARG_NAMES = ("mirror",)
-EXEC_OPTIONS = ("--containall", "--cleanenv", "--no-home")
+#: every step runs isolated: no host environment, no home, inputs bound read-only by the caller, and
+#: no network (an empty network namespace; works unprivileged with Apptainer 1.4)
+EXEC_OPTIONS = ("--containall", "--cleanenv", "--no-home", "--net", "--network", "none")
 DEFAULT_ORDER = ("base", "tomopy", "pyfai")
 LOCAL_LOCK_NAME = "local-lock.json"       # local builds, beside the cache (never the committed lock)
 

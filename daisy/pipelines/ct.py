@@ -22,7 +22,7 @@ from daisy_steps.h5 import get_dataset, open_file
 
 from ..plan import Run, Stage
 
-LOAD_KEYS = ("layout", "data_path", "flat_path", "dark_path", "image_key_path", "angles_path", "angle_units")
+LOAD_KEYS = ("layout", "entry", "data_path", "flat_path", "dark_path", "image_key_path", "angles_path", "angle_units")
 
 
 def raw_shape(cfg: dict) -> tuple[int, int, int]:
