@@ -162,7 +162,7 @@ class Run:
 
     def images_file(self) -> str:
         """Which file, digest and origin each image of the run had (written when jobs start)."""
-        return self.path("records", "images.json")
+        return self.path("records", "run", "images.json")  # beside, not among, the job records
 
     def job_document(self, name: str) -> dict[str, Any]:
         """The job file's content: steps, record path, threads, the image the run will use (its

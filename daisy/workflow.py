@@ -158,7 +158,7 @@ def resolve_images(run: Run) -> dict[str, dict[str, Any]]:
 
 def start_run(run: Run, workflow) -> None:
     """``onstart`` (jobs will run): resolve and verify every image (sha256, signature policy),
-    record which ones run (``records/images.json``, read by the provenance), then, when this
+    record which ones run (``records/run/images.json``, read by the provenance), then, when this
     process runs the jobs itself, keep the images mounted and warm while the run lasts."""
     from daisy_steps.fileio import write_json_atomic
 
