@@ -4,8 +4,14 @@
                                  -> stripe -> find centre -> sinogram preview
     ct_slab_NNNN x N   (tomopy)  load slab rows -> normalize -> angles -> minus-log -> stripe
                                  -> reconstruct with the centre found -> save slab
-    ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF);
-                                 the records of the jobs above become the volume's NXprocess groups
+                                 (+ save.stages: the projections after normalize / minus-log / stripe)
+    ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
+                                 (+ one stage file per save.stages entry, gathered the same way);
+                                 the records of the jobs above become the files' NXprocess groups
+
+input.stage decides where the chain starts: raw (ct.load, normalize, minus-log), normalized
+(ct.load_processed, minus-log only) or attenuation (ct.load_processed, neither); the stage is
+checked against the file when the run is planned (daisy_steps.ct.layouts.resolve_stage).
 
 Each job is one process in one image; arrays pass in memory between its steps.
 """
@@ -15,7 +21,8 @@ from __future__ import annotations
 import math
 import os
 
-from daisy_steps.ct.layouts import resolve_paths
+from daisy_steps.ct.layouts import resolve_paths, resolve_stage
+from daisy_steps.ct.recon import check_params
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
 from daisy_steps.h5 import get_dataset, open_file
@@ -26,15 +33,50 @@ LOAD_KEYS = ("layout", "entry", "data_path", "flat_path", "dark_path", "image_ke
 
 
 def raw_shape(cfg: dict) -> tuple[int, int, int]:
-    """(frames, detector rows, detector columns) of the raw projection dataset (metadata only)."""
+    """(frames, detector rows, detector columns) of the projection dataset (metadata only)."""
+    return inspect_input(cfg)[0]
+
+
+def inspect_input(cfg: dict) -> tuple[tuple[int, int, int], str, dict]:
+    """Shape (frames, rows, columns), stage and what the file says of its origin: reads the
+    metadata and, for processed stages, one detector row (to refuse values that contradict the
+    stage asked for)."""
     params = {k: cfg["input"][k] for k in LOAD_KEYS}
-    with open_file(cfg["input"]["file"]) as handle:
-        paths = resolve_paths(handle, params)
+    file = cfg["input"]["file"]
+    with open_file(file) as handle:
+        label = str(file)
+        paths = resolve_paths(handle, params, check=False)
+        stage, how = resolve_stage(handle, paths, cfg["input"].get("stage", "raw"), label)
+        paths = resolve_paths(handle, params, stage=stage)
         dset = get_dataset(handle, paths.data)
         if dset.ndim != 3:
-            raise StepError(f"{cfg['input']['file']}: dataset {paths.data} has shape {dset.shape}, "
+            raise StepError(f"{file}: dataset {paths.data} has shape {dset.shape}, "
                             f"expected 3 axes (frames, rows, columns)")
-        return tuple(int(n) for n in dset.shape)
+        shape = tuple(int(n) for n in dset.shape)
+        origin = {"stage": stage, "stage_from": how, "layout": paths.layout}
+        if paths.layout == "stage":
+            shape = (shape[1], shape[0], shape[2])   # sinogram order on disk
+            origin["stripe_removed"] = str(dset.attrs.get("stripe_removed", "none"))
+            if "provenance" in dset.attrs:
+                origin["provenance"] = str(dset.attrs["provenance"])
+        return shape, stage, origin
+
+
+def source_run(origin: dict, file: str) -> dict | None:
+    """The provenance of the run that wrote a stage file (path; sha256 when it exists)."""
+    from pathlib import Path
+
+    from daisy_steps.fileio import sha256_file
+
+    if "provenance" not in origin:
+        return None
+    path = Path(origin["provenance"])
+    if not path.is_absolute():
+        path = (Path(file).parent / path)
+    entry: dict = {"provenance": str(path), "file": str(file)}
+    if path.is_file():
+        entry["sha256"] = sha256_file(path)
+    return entry
 
 
 def job_memory_mb(shape: tuple[int, int, int], rows: int) -> int:
@@ -71,20 +113,54 @@ def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]
     return plan_slabs(0, rows, count=math.ceil(rows / height))
 
 
-def _load(cfg: dict, start: int, stop: int) -> dict:
+def _load(cfg: dict, start: int, stop: int, stage: str = "raw") -> dict:
     params = {k: cfg["input"][k] for k in LOAD_KEYS}
     params.update(row_start=start, row_stop=stop)
-    return {"step": "ct.load", "inputs": {"raw": cfg["input"]["file"]}, "params": params}
+    if stage == "raw":
+        return {"step": "ct.load", "inputs": {"raw": cfg["input"]["file"]}, "params": params}
+    return {"step": "ct.load_processed", "inputs": {"raw": cfg["input"]["file"]}, "params": {"stage": stage, **params}}
 
 
 PREPARE = ("ct.normalize", "ct.angles", "ct.minus_log", "ct.stripe")
+#: the slab chain with a ct.save_stage after each step whose result save.stages may keep
+SLAB_PREPARE = ("ct.normalize", "ct.angles", "ct.save_stage", "ct.minus_log", "ct.save_stage", "ct.stripe",
+                "ct.save_stage")
+#: which stages a run starting at input.stage computes (and so can save)
+COMPUTED = {"raw": ("normalized", "attenuation", "destriped"), "normalized": ("attenuation", "destriped"),
+            "attenuation": ("destriped",)}
 
 
-def _prepare(cfg: dict) -> list[dict]:
-    return [{"step": "ct.normalize", "params": cfg["normalize"]},
-            {"step": "ct.angles", "params": cfg["angles"]},
-            {"step": "ct.minus_log", "params": {}},
-            {"step": "ct.stripe", "params": cfg["stripe"]}]
+def _prepare(cfg: dict, stage: str = "raw", save: dict | None = None) -> list[dict]:
+    """The preparation steps for input.stage ``stage``; ``save``: stage name -> ct.save_stage
+    entry, put right after the step whose result it keeps."""
+    save = save or {}
+    steps = []
+    if stage == "raw":
+        steps.append({"step": "ct.normalize", "params": cfg["normalize"]})
+    steps.append({"step": "ct.angles", "params": cfg["angles"]})
+    if "normalized" in save:
+        steps.append(save["normalized"])
+    if stage in ("raw", "normalized"):
+        steps.append({"step": "ct.minus_log", "params": {}})
+    if "attenuation" in save:
+        steps.append(save["attenuation"])
+    steps.append({"step": "ct.stripe", "params": cfg["stripe"]})
+    if "destriped" in save:
+        steps.append(save["destriped"])
+    return steps
+
+
+def check_stages(cfg: dict, stage: str, origin: dict) -> None:
+    """Refuse, before any job, stage settings that cannot hold."""
+    wanted = cfg["save"]["stages"]
+    bad = [s for s in wanted if s not in COMPUTED[stage]]
+    if bad:
+        raise StepError(f"config field save.stages: {', '.join(bad)} cannot be saved by a run starting at "
+                        f"input.stage {stage} (it computes {', '.join(COMPUTED[stage])})")
+    removed = origin.get("stripe_removed", "none")
+    if removed != "none" and cfg["stripe"]["method"] != "none":
+        raise StepError(f"{cfg['input']['file']}: stripes were already removed ({removed}, attribute stripe_removed); "
+                        f"set stripe.method none to start from it")
 
 
 def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
@@ -99,11 +175,13 @@ def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
 
 
 STAGES = (
-    Stage("ct", "ct_center", "tomopy", ("ct.load", *PREPARE, "ct.find_center"),
+    Stage("ct", "ct_center", "tomopy", ("ct.load", "ct.load_processed", *PREPARE, "ct.find_center"),
           doc="rows around the centre row -> rotation centre"),
-    Stage("ct", "ct_slab", "tomopy", ("ct.load", *PREPARE, "ct.preview_sinogram", "ct.recon", "ct.save_slab"),
-          indexed=True, doc="one sinogram slab -> one slab of the volume"),
-    Stage("ct", "ct_gather", "base", ("ct.gather",), doc="slabs -> virtual volume, previews, TIFF"),
+    Stage("ct", "ct_slab", "tomopy", ("ct.load", "ct.load_processed", *SLAB_PREPARE, "ct.preview_sinogram",
+                                      "ct.recon", "ct.save_slab"),
+          indexed=True, doc="one sinogram slab -> one slab of the volume (+ the stages save.stages keeps)"),
+    Stage("ct", "ct_gather", "base", ("ct.gather",) * 4,
+          doc="slabs -> virtual volume, previews, TIFF (+ one virtual stage file per save.stages entry)"),
 )
 CENTER, SLAB, GATHER = STAGES
 
@@ -113,18 +191,23 @@ def add_stages(run: Run) -> None:
     save = run.config["save"]
     run.add_stage(CENTER, {"center": "ct/center.json"})
     run.add_stage(SLAB, {"slab": "ct/slabs/slab_{index}.h5",
-                         **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {})})
+                         **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {}),
+                         **{f"stage_{name}": f"ct/stages/{name}/slab_{{index}}.h5" for name in save["stages"]}})
     gather = {"volume": "ct/volume.h5"}
     if save["previews"]:
         gather.update({f"preview_{axes}": f"ct/previews/{axes}.png" for axes in ("xy", "xz", "yz")})
     if save["tiff"]:
         gather["tiff"] = "ct/volume.tif"
+    gather.update({f"stage_{name}": f"ct/stages/{name}.h5" for name in save["stages"]})
     run.add_stage(GATHER, gather)
 
 
 def plan(run: Run) -> None:
     cfg = run.config
-    shape = raw_shape(cfg)
+    shape, stage, origin = inspect_input(cfg)
+    check_stages(cfg, stage, origin)
+    check_params(cfg["recon"], shape[0])
+    cfg["input"]["source_run"] = source_run(origin, cfg["input"]["file"])
     run.inputs = [cfg["input"]["file"]]
     threads = cfg["threads"]
     save = cfg["save"]
@@ -135,7 +218,7 @@ def plan(run: Run) -> None:
 
     if not manual:  # a manual centre needs no job: it goes straight into every slab's ct.recon
         start, stop = center_rows(cfg, shape[1])
-        center_steps = [_load(cfg, start, stop), *_prepare(cfg),
+        center_steps = [_load(cfg, start, stop, stage), *_prepare(cfg, stage),
                         {"step": "ct.find_center", "params": cfg["center"],
                          "outputs": {"center": run.output("ct_center", "center")}}]
         run.add_job("ct_center", center_steps, threads=threads, mem_mb=job_memory_mb(shape, stop - start))
@@ -145,7 +228,11 @@ def plan(run: Run) -> None:
     slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
     bounds = slab_bounds(cfg, shape)
     for index, (r0, r1) in enumerate(bounds):
-        steps = [_load(cfg, r0, r1), *_prepare(cfg)]
+        keep = {name: {"step": "ct.save_stage", "outputs": {"slab": run.output("ct_slab", f"stage_{name}", index)},
+                       "params": {"stage": name, "stripe_method": cfg["stripe"]["method"],
+                                  "source_provenance": "../../provenance.json", **slab_params}}
+                for name in save["stages"]}
+        steps = [_load(cfg, r0, r1, stage), *_prepare(cfg, stage, keep)]
         if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
             steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
                           "outputs": {"png": run.output("ct_slab", "preview", index)}})
@@ -158,5 +245,10 @@ def plan(run: Run) -> None:
     made_by = [*([] if manual else ["ct_center"]), *(SLAB.job_name(i) for i in range(len(bounds)))]
     records = {f"record_{name}": run.record_file(name) for name in made_by}
     outputs = {slot: run.output("ct_gather", slot) for slot in run.outputs["ct_gather"]}
-    gather = {"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": outputs}
-    run.add_job("ct_gather", [gather], threads=1, mem_mb=512, runtime_min=15)
+    volume_outputs = {slot: path for slot, path in outputs.items() if not slot.startswith("stage_")}
+    gathers = [{"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": volume_outputs}]
+    for name in save["stages"]:
+        parts = {f"slab_{i:04d}": run.output("ct_slab", f"stage_{name}", i) for i in range(len(bounds))}
+        gathers.append({"step": "ct.gather", "params": {"dataset": "/entry/data/data"},
+                        "inputs": {**parts, **records}, "outputs": {"volume": outputs[f"stage_{name}"]}})
+    run.add_job("ct_gather", gathers, threads=1, mem_mb=512, runtime_min=15)

@@ -42,6 +42,17 @@ LAYOUTS: dict[str, dict[str, str | None]] = {
     },
 }
 DETECT_ORDER = ("nxtomo", "dxchange", "daisy")
+#: a DAISY stage file (``save.stages``): sinograms (rows, angles, columns) in NXdata, angles beside
+STAGE_DATA = "/entry/data/data"
+STAGE_ANGLES = "/entry/data/rotation_angle"
+#: attribute of the projection dataset naming the processing stage of its values
+STAGE_ATTR = "daisy_stage"
+STAGES = ("raw", "normalized", "attenuation")
+
+
+def _is_stage_file(handle: h5py.File) -> bool:
+    obj = handle.get(STAGE_DATA)
+    return isinstance(obj, h5py.Dataset) and _text(obj.attrs.get(STAGE_ATTR, "")) in STAGES
 #: NXtomo image_key values
 KEY_PROJECTION, KEY_FLAT, KEY_DARK = 0, 1, 2
 NXTOMO = "NXtomo"
@@ -185,11 +196,21 @@ def detect_layout(handle: h5py.File) -> str:
                     f"set 'layout' and the dataset paths (data_path, ...) explicitly")
 
 
-def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, check: bool = True) -> Paths:
+def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, check: bool = True,
+                  stage: str = "raw") -> Paths:
     """Dataset paths for this file: the layout's (or the NXtomo entry's) with the ``*_path``
-    overrides; with ``check``, the metadata checks of :func:`check_metadata` too."""
+    overrides; with ``check``, the metadata checks of :func:`check_metadata` too. A DAISY stage
+    file (``save.stages``: sinogram order, attribute ``daisy_stage``) has layout ``stage``."""
     layout = params["layout"]
     wanted = params.get("entry")
+    if layout == "auto" and not wanted and _is_stage_file(handle):
+        layout = "stage"
+    if layout == "stage":
+        paths = Paths(layout="stage", data=params.get("data_path") or STAGE_DATA,
+                      angles=params.get("angles_path") or STAGE_ANGLES, angles_required=True)
+        if check:
+            check_metadata(handle, paths, label or handle.filename, stage)
+        return paths
     if layout == "auto":
         named = wanted and ("/" + wanted.strip("/") in handle or nxtomo_entries(handle))
         layout = "nxtomo" if named else detect_layout(handle)
@@ -221,7 +242,7 @@ def resolve_paths(handle: h5py.File, params: dict, label: str | None = None, che
     else:
         paths.angles = default["angles"]
     if check:
-        check_metadata(handle, paths, label or handle.filename)
+        check_metadata(handle, paths, label or handle.filename, stage)
     return paths
 
 
@@ -242,7 +263,10 @@ def _projections(handle, paths: Paths, label) -> h5py.Dataset:
     return data
 
 
-def _image_key_selection(handle, paths: Paths, label, data: h5py.Dataset) -> dict[int, np.ndarray]:
+def _image_key_selection(handle, paths: Paths, label, data: h5py.Dataset,
+                         need_fields: bool = True) -> dict[int, np.ndarray]:
+    if not need_fields and paths.image_key not in handle:  # processed data: every frame a projection
+        return {KEY_PROJECTION: np.arange(data.shape[0]), KEY_FLAT: np.arange(0), KEY_DARK: np.arange(0)}
     key_dset = get_dataset(handle, paths.image_key, label)
     keys = np.asarray(key_dset[()]).reshape(-1)
     if keys.size != data.shape[0]:
@@ -250,7 +274,7 @@ def _image_key_selection(handle, paths: Paths, label, data: h5py.Dataset) -> dic
                         f"{paths.data} holds {data.shape[0]} frames (shape {data.shape})")
     sel = {k: np.flatnonzero(keys == k) for k in (KEY_PROJECTION, KEY_FLAT, KEY_DARK)}
     for key, what in ((KEY_PROJECTION, "projections"), (KEY_FLAT, "flat fields"), (KEY_DARK, "dark fields")):
-        if sel[key].size == 0:
+        if sel[key].size == 0 and (need_fields or key == KEY_PROJECTION):
             raise StepError(f"{label}: no {what} (image_key {key}) in {paths.image_key}")
     return sel
 
@@ -271,21 +295,25 @@ def _field_stacks(handle, paths: Paths, label, data: h5py.Dataset) -> dict[str, 
     return stacks
 
 
-def check_metadata(handle: h5py.File, paths: Paths, label) -> dict:
+def check_metadata(handle: h5py.File, paths: Paths, label, stage: str = "raw") -> dict:
     """Refuse, before any frame is read, a file whose metadata already shows it cannot be
-    reconstructed; every message names the file and the dataset. Returns what it learnt."""
+    reconstructed; every message names the file and the dataset. Returns what it learnt.
+    ``stage`` other than raw: flats and darks are neither needed nor read."""
     data = _projections(handle, paths, label)
     info: dict = {}
     if paths.layout == "nxtomo":
-        sel = _image_key_selection(handle, paths, label, data)
+        sel = _image_key_selection(handle, paths, label, data, need_fields=stage == "raw")
         n_proj = int(sel[KEY_PROJECTION].size)
+    elif paths.layout == "stage":
+        n_proj = data.shape[1]
     else:
-        _field_stacks(handle, paths, label, data)
+        if stage == "raw":
+            _field_stacks(handle, paths, label, data)
         n_proj = data.shape[0]
     if paths.angles in handle or paths.angles_required:
         dset = get_dataset(handle, paths.angles, label)
         _numeric(dset, label, "angles")
-        expected = data.shape[0] if paths.layout == "nxtomo" else n_proj
+        expected = data.shape[0] if paths.layout == "nxtomo" and sel[KEY_FLAT].size + sel[KEY_DARK].size else n_proj
         what = "frames" if paths.layout == "nxtomo" else "projections"
         if dset.size != expected:
             raise StepError(f"{label}: angles {paths.angles} hold {dset.size} values but "
@@ -350,44 +378,137 @@ class Slab:
     info: dict
 
 
-def read_slab(path, params: dict) -> Slab:
-    """Read projections, flats, darks (rows ``row_start:row_stop`` only) and angles; check shapes."""
+def declared_stage(handle: h5py.File, paths: Paths) -> tuple[str | None, str]:
+    """The stage the file itself states, and where: attribute ``daisy_stage`` of the projection
+    dataset (written by DAISY's save.stages), else None (NXtomo and Data Exchange have no such
+    field; raw files are told by their flats and darks)."""
+    obj = handle.get(paths.data)
+    value = _text(obj.attrs.get(STAGE_ATTR, "")) if isinstance(obj, h5py.Dataset) else ""
+    return (value, f"attribute {STAGE_ATTR} of {paths.data}") if value else (None, "")
+
+
+def _has_fields(handle: h5py.File, paths: Paths) -> bool:
+    if paths.layout == "stage":
+        return False
+    if paths.layout == "nxtomo":
+        if paths.image_key not in handle:
+            return False
+        keys = np.asarray(handle[paths.image_key][()]).reshape(-1)
+        return bool(np.any(keys == KEY_FLAT) and np.any(keys == KEY_DARK))
+    return bool(paths.flat in handle and paths.dark in handle)
+
+
+#: transmission above this counts as "far above 1" (noise of normalized data stays well below)
+TRANSMISSION_LIMIT = 1.5
+#: share of sampled values above TRANSMISSION_LIMIT that refuses a file asked to be normalized
+TRANSMISSION_SHARE = 0.01
+
+
+def check_values(values: np.ndarray, stage: str, label) -> None:
+    """Refuse values that contradict ``stage``: integer counts for normalized or attenuation,
+    transmission far above 1 for normalized."""
+    if stage == "raw":
+        return
+    if values.dtype.kind in "biu":
+        raise StepError(f"{label}: input.stage {stage} but the projections hold integer counts ({values.dtype}): "
+                        f"raw data? (input.stage raw, with flats and darks)")
+    if stage == "normalized" and values.size:
+        finite = values[np.isfinite(values)]
+        high = int(np.count_nonzero(finite > TRANSMISSION_LIMIT))
+        if high > TRANSMISSION_SHARE * max(1, finite.size):
+            raise StepError(f"{label}: input.stage normalized but {high} of {finite.size} sampled values "
+                            f"({100.0 * high / max(1, finite.size):.3g}%) exceed {TRANSMISSION_LIMIT:g}, up to "
+                            f"{float(finite.max()):.4g}: transmission lies in (0, 1]; raw counts (input.stage raw) "
+                            f"or line integrals (input.stage attenuation)?")
+
+
+def sample_values(handle: h5py.File, paths: Paths) -> np.ndarray:
+    """The middle detector row of every projection (a cheap look at the values)."""
+    dset = handle[paths.data]
+    if paths.layout == "stage":
+        return np.asarray(dset[dset.shape[0] // 2])
+    return np.asarray(dset[:, dset.shape[1] // 2, :])
+
+
+def resolve_stage(handle: h5py.File, paths: Paths, asked: str, label) -> tuple[str, str]:
+    """The stage to read the file at: ``asked`` (raw, normalized, attenuation, or auto: what the
+    file states, else raw if it has flats and darks). A file that contradicts the stage asked
+    for is refused with the reason; nothing is guessed. Returns (stage, how it was known)."""
+    dtype = _projections(handle, paths, label).dtype     # exists, 3D, numeric (named if not)
+    stated, where = declared_stage(handle, paths)
+    fields = _has_fields(handle, paths)
+    if asked == "auto":
+        if stated:
+            stage, how = stated, where
+        elif fields:
+            stage, how = "raw", "the file has flat and dark fields"
+        else:
+            raise StepError(f"{label}: input.stage auto, but the file states no stage ({STAGE_ATTR} attribute) and "
+                            f"has no flat and dark fields; set input.stage to normalized (transmission) or "
+                            f"attenuation (line integrals)")
+    else:
+        stage, how = asked, "config field input.stage"
+    if stated and stated != stage:
+        raise StepError(f"{label}: input.stage {stage} but the file states stage {stated} ({where})")
+    if stage == "raw" and not fields and dtype.kind == "f":
+        raise StepError(f"{label}: input.stage raw but the file has no flat and dark fields and holds float values "
+                        f"({dtype}): already normalized or line integrals? set input.stage to normalized or "
+                        f"attenuation")
+    check_values(sample_values(handle, paths) if stage != "raw" else np.empty(0, dtype), stage, label)
+    return stage, how
+
+
+def read_slab(path, params: dict, stage: str = "raw") -> Slab:
+    """Read projections, flats, darks (rows ``row_start:row_stop`` only; flats and darks only
+    at stage raw, else empty) and angles; check shapes. A stage file (sinogram order) is
+    returned in projection order (angles, rows, columns), contiguous."""
     from ..h5 import open_file
 
     with open_file(path) as handle:
         label = str(path)
-        paths = resolve_paths(handle, params, label)    # checks the metadata (check_metadata)
+        paths = resolve_paths(handle, params, label, stage=stage)    # checks the metadata (check_metadata)
         data = get_dataset(handle, paths.data, label)
-        n_frames, n_rows, n_cols = data.shape
+        n_rows = data.shape[0] if paths.layout == "stage" else data.shape[1]
         r0 = params["row_start"]
         r1 = n_rows if params["row_stop"] is None else params["row_stop"]
         if not 0 <= r0 < r1 <= n_rows:
             raise StepError(f"{label}: rows {r0}:{r1} are outside the {n_rows} detector rows of {paths.data} "
                             f"(shape {data.shape})")
         rows = (r0, r1)
-        info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape)}
+        info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape), "stage": stage}
         if paths.entry:
             info["entry"] = paths.entry
-
-        if paths.layout == "nxtomo":
-            sel = _image_key_selection(handle, paths, label, data)
+        empty = np.empty((0, r1 - r0, data.shape[-1]), dtype=np.float32)
+        sel = None
+        if paths.layout == "stage":
+            proj = np.ascontiguousarray(np.asarray(data[r0:r1]).transpose(1, 0, 2))
+            flat = dark = empty
+            info.update(n_projections=int(proj.shape[0]))
+        elif paths.layout == "nxtomo":
+            sel = _image_key_selection(handle, paths, label, data, need_fields=stage == "raw")
             proj = read_frames(data, sel[KEY_PROJECTION], rows)
-            flat = read_frames(data, sel[KEY_FLAT], rows)
-            dark = read_frames(data, sel[KEY_DARK], rows)
+            if stage == "raw":
+                flat = read_frames(data, sel[KEY_FLAT], rows)
+                dark = read_frames(data, sel[KEY_DARK], rows)
+            else:
+                flat = dark = empty
             info.update(image_key=paths.image_key, n_projections=int(sel[0].size),
-                        n_flats=int(sel[1].size), n_darks=int(sel[2].size))
-        else:
-            stacks = _field_stacks(handle, paths, label, data)
-            proj = read_frames(data, None, rows)
-            flat, dark = (np.asarray(stacks[w][r0:r1, :])[np.newaxis] if stacks[w].ndim == 2
-                          else read_frames(stacks[w], None, rows) for w in ("flat fields", "dark fields"))
-            info.update(flat=paths.flat, dark=paths.dark, n_projections=n_frames,
                         n_flats=int(flat.shape[0]), n_darks=int(dark.shape[0]))
+        else:
+            proj = read_frames(data, None, rows)
+            if stage == "raw":
+                stacks = _field_stacks(handle, paths, label, data)
+                flat, dark = (np.asarray(stacks[w][r0:r1, :])[np.newaxis] if stacks[w].ndim == 2
+                              else read_frames(stacks[w], None, rows) for w in ("flat fields", "dark fields"))
+                info.update(flat=paths.flat, dark=paths.dark)
+            else:
+                flat = dark = empty
+            info.update(n_projections=int(proj.shape[0]), n_flats=int(flat.shape[0]), n_darks=int(dark.shape[0]))
 
         theta = None
         if paths.angles in handle or paths.angles_required:
             theta, units = _read_angles(handle, paths.angles, label, params["angle_units"])
-            if paths.layout == "nxtomo":
+            if sel is not None:
                 theta = theta[sel[KEY_PROJECTION]]
             if not np.isfinite(theta).all():
                 bad = int(np.count_nonzero(~np.isfinite(theta)))

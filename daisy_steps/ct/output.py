@@ -147,6 +147,74 @@ class SaveSlab(Step):
         self.ctx.results.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
 
 
+STAGE_DATASET = "/entry/data/data"
+#: save.stages name -> (the stage its values are at, what made them)
+SAVED_STAGES = {"normalized": ("normalized", "ct.normalize"), "attenuation": ("attenuation", "ct.minus_log"),
+                "destriped": ("attenuation", "ct.stripe")}
+
+
+class SaveStage(Step):
+    """Write the projections in the store (``proj``) at an intermediate stage as one slab of a
+    stage file, in sinogram order (rows, angles, columns) so that slabs stack along the first
+    axis like the volume's; with the angles (``theta``, radians) beside them. Output slot
+    ``slab``: NXdata ``/entry/data/data`` with attributes ``row_offset``, ``detector_rows``,
+    ``daisy_stage`` (normalized or attenuation: what a later run's input.stage reads),
+    ``saved_stage`` and ``stripe_removed``; ``/entry/data/rotation_angle`` (rad). ct.gather
+    joins the slabs into one file that ct.load_processed reads (layout ``stage``)."""
+
+    name = "ct.save_stage"
+    version = "1.0.0"
+    images = ("tomopy", "base", "pyfai")  # numpy, h5py, hdf5plugin
+    libraries = ("numpy", "h5py", "hdf5plugin")
+    requires = {"proj": Port("ndarray", "projections (angles, rows, columns) float32 at the stage saved"),
+                "theta": Port("ndarray", "rotation angles, radians (ct.angles)"),
+                "rows": Port("tuple", "(start, stop): its first detector row becomes row_offset", optional=True),
+                "detector_rows": Port("int", "the detector's total row count", optional=True)}
+    provides: dict[str, Port] = {}
+
+    def execute(self) -> None:
+        p = self.params
+        proj = self.store.require("proj")
+        theta = np.asarray(self.store.require("theta"), dtype=np.float32)
+        if proj.ndim != 3 or theta.size != proj.shape[0]:
+            raise StepError(f"{self.name}: projections {proj.shape} and {theta.size} angles do not fit")
+        stage, made_by = SAVED_STAGES[p["stage"]]
+        sino = np.ascontiguousarray(proj.transpose(1, 0, 2))
+        rows = self.store.get("rows", (0, sino.shape[0]))
+        ref = self.ctx.output("slab")
+        with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, sino.nbytes,
+                         track_order=False) as handle:
+            handle.attrs["default"] = "entry"
+            entry = nx_group(handle, "/entry", "NXentry")
+            group = nx_group(handle, "/entry/data", "NXdata")
+            entry.attrs["default"] = "data"
+            write_stage_axes(group, theta)
+            dset = group.create_dataset("data", data=sino, chunks=slice_chunks(sino.shape, sino.dtype.itemsize),
+                                        track_times=False, **compression_options(p["compression"], p["gzip_level"]))
+            dset.attrs["row_offset"] = int(rows[0])
+            dset.attrs["detector_rows"] = int(self.store.get("detector_rows", rows[1]))
+            dset.attrs["daisy_stage"] = stage
+            dset.attrs["saved_stage"] = p["stage"]
+            dset.attrs["made_by"] = made_by
+            dset.attrs["stripe_removed"] = p["stripe_method"] if p["stage"] == "destriped" else "none"
+            dset.attrs["units"] = "1"
+            dset.attrs["long_name"] = {"normalized": "transmission (flat-field corrected)",
+                                       "attenuation": "attenuation -log(transmission)"}[stage]
+            if p["source_provenance"]:
+                dset.attrs["provenance"] = p["source_provenance"]
+        self.ctx.results.update(stage=p["stage"], row_offset=int(rows[0]), shape=list(sino.shape))
+
+
+def write_stage_axes(group: h5py.Group, theta: np.ndarray) -> None:
+    """NXdata axes of a stage file: (detector row, rotation_angle, detector column)."""
+    group.attrs["signal"] = "data"
+    group.attrs["axes"] = np.array([".", "rotation_angle", "."], dtype=h5py.string_dtype())
+    group.attrs["rotation_angle_indices"] = 1
+    angle = group.create_dataset("rotation_angle", data=np.asarray(theta, dtype=np.float32), track_times=False)
+    angle.attrs["units"] = "rad"
+    angle.attrs["long_name"] = "rotation angle"
+
+
 def _slab_inputs(ctx, dataset: str) -> list[dict]:
     """The slab files of a gather job (input slots named ``slab*``), ordered by row offset."""
     names = ctx.input_slots()
@@ -245,6 +313,10 @@ class Gather(Step):
             for key, value in slabs[0]["attrs"].items():
                 if key not in ("row_offset",):
                     dset.attrs[key] = value
+            if "daisy_stage" in slabs[0]["attrs"]:      # a stage file: its angles and axes too
+                with open_file(slabs[0]["path"]) as first:
+                    theta = first[slabs[0]["dataset"].rsplit("/", 1)[0] + "/rotation_angle"][()]
+                write_stage_axes(group, theta)
             dset.attrs["row_offset"] = slabs[0]["offset"]
             dset.attrs["slab_files"] = np.array(sources, dtype=h5py.string_dtype())
             dset.attrs["slab_row_offsets"] = np.array([s["offset"] for s in slabs], dtype=np.int64)

@@ -12,7 +12,78 @@ from ..errors import StepError
 from ..ports import Port
 
 ANALYTIC = ("gridrec", "fbp")
-ITERATIVE = ("sirt", "mlem")
+#: every CPU iterative algorithm of tomopy.recon, with the options each takes beyond num_iter
+ITERATIVE = {
+    "art": (), "bart": ("num_block", "ind_block"), "mlem": (), "osem": ("num_block", "ind_block"),
+    "ospml_hybrid": ("reg_par", "num_block", "ind_block"), "ospml_quad": ("reg_par", "num_block", "ind_block"),
+    "pml_hybrid": ("reg_par",), "pml_quad": ("reg_par",), "sirt": (), "tv": ("reg_par",), "grad": ("reg_par",),
+    "tikh": ("reg_par",),
+}
+ALGORITHMS = (*ANALYTIC, *ITERATIVE)
+#: algorithms whose multiplicative update diverges on negative data (clip_negative auto clips for them)
+MULTIPLICATIVE = ("mlem", "osem", "ospml_hybrid", "ospml_quad", "pml_hybrid", "pml_quad")
+#: how many reg_par values each algorithm reads (tomopy's C code; more are ignored)
+REG_PAR_COUNT = {"ospml_hybrid": 2, "ospml_quad": 1, "pml_hybrid": 2, "pml_quad": 1, "tv": 1, "grad": 1, "tikh": 1}
+
+
+def block_order(n_angles: int, order: str, seed: int) -> np.ndarray:
+    """The order in which the ordered-subset algorithms visit the projections (tomopy's
+    ind_block): sequential, or shuffled by numpy's default_rng(seed) (as tomopy's tests do)."""
+    ind = np.arange(n_angles)
+    if order == "shuffled":
+        np.random.default_rng(seed).shuffle(ind)
+    return ind.astype(np.int32)
+
+
+def check_params(p: dict, n_angles: int | None = None) -> None:
+    """Refuse options that do not fit the algorithm, before any data is read (the planner calls
+    it with the number of projections)."""
+    algorithm = p["algorithm"]
+    if algorithm not in ALGORITHMS:
+        raise StepError(f"ct.recon: algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    options = ITERATIVE.get(algorithm, ())
+    if p.get("reg_par") is not None:
+        if "reg_par" not in options:
+            raise StepError(f"config field recon.reg_par: algorithm {algorithm} takes no regularisation "
+                            f"(only {', '.join(REG_PAR_COUNT)})")
+        if len(p["reg_par"]) < REG_PAR_COUNT[algorithm]:
+            raise StepError(f"config field recon.reg_par: {algorithm} reads {REG_PAR_COUNT[algorithm]} values, "
+                            f"{len(p['reg_par'])} given")
+    if p.get("num_block", 1) != 1 and "num_block" not in options:
+        raise StepError(f"config field recon.num_block: only the ordered-subset algorithms (bart, osem, "
+                        f"ospml_hybrid, ospml_quad) take blocks, not {algorithm}")
+    if n_angles is not None and "num_block" in options and p.get("num_block", 1) > n_angles:
+        raise StepError(f"config field recon.num_block: {p['num_block']} blocks but only {n_angles} projections")
+    if p.get("filter_par") is not None and algorithm not in ANALYTIC:
+        raise StepError(f"config field recon.filter_par: only gridrec and fbp take a filter, not {algorithm}")
+
+
+def tomopy_options(p: dict, n_angles: int) -> dict:
+    """The keyword arguments of tomopy.recon for these parameters."""
+    algorithm = p["algorithm"]
+    if algorithm in ANALYTIC:
+        kwargs = {"filter_name": p["filter_name"]}
+        if p.get("filter_par") is not None:
+            kwargs["filter_par"] = np.asarray(p["filter_par"], dtype=np.float32)
+        return kwargs
+    kwargs = {"num_iter": p["num_iter"]}
+    options = ITERATIVE[algorithm]
+    if "reg_par" in options and p.get("reg_par") is not None:
+        kwargs["reg_par"] = np.asarray(p["reg_par"], dtype=np.float32)
+    if "num_block" in options:
+        kwargs["num_block"] = p["num_block"]
+        kwargs["ind_block"] = block_order(n_angles, p["block_order"], p["block_seed"])
+    return kwargs
+
+
+def _recorded(kwargs: dict) -> dict:
+    """The options as JSON-able values (for the record and the slab's attributes)."""
+    out = {}
+    for key, value in kwargs.items():
+        if key == "ind_block":
+            continue                      # recorded as block_order and block_seed
+        out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    return out
 
 
 def recon_chunk(rows: int, threads: int) -> int:
@@ -59,7 +130,7 @@ class Recon(Step):
     """
 
     name = "ct.recon"
-    version = "1.1.0"
+    version = "1.2.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
@@ -85,12 +156,9 @@ class Recon(Step):
             raise StepError(f"{self.name}: {theta.size} angles but {proj.shape[0]} projections")
         center, source = self._center()
         algorithm = p["algorithm"]
-        kwargs = {}
-        if algorithm in ANALYTIC:
-            kwargs["filter_name"] = p["filter_name"]
-        else:
-            kwargs["num_iter"] = p["num_iter"]
-        clip = p["clip_negative"] == "always" or (p["clip_negative"] == "auto" and algorithm == "mlem")
+        check_params(p, proj.shape[0])
+        kwargs = tomopy_options(p, proj.shape[0])
+        clip = p["clip_negative"] == "always" or (p["clip_negative"] == "auto" and algorithm in MULTIPLICATIVE)
         if clip:
             np.maximum(proj, np.float32(0), out=proj)
         rows = proj.shape[1]
@@ -122,7 +190,9 @@ class Recon(Step):
             recon = tomopy.circ_mask(recon, axis=0, ratio=p["circ_mask_ratio"], val=p["circ_mask_value"],
                                      ncore=self.ctx.threads)
             recon = np.asarray(recon, dtype=np.float32)
-        info = {"algorithm": algorithm, "center": center, "center_source": source, **kwargs,
+        if "num_block" in kwargs:
+            kwargs.update(block_order=p["block_order"], block_seed=p["block_seed"])
+        info = {"algorithm": algorithm, "center": center, "center_source": source, **_recorded(kwargs),
                 "clip_negative": clip, "circ_mask_ratio": p["circ_mask_ratio"]}
         self.store.put("recon", recon)
         self.store.put("recon_info", info)
