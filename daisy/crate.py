@@ -307,6 +307,17 @@ class _Renderer:
             props["endTime"] = record["ended"]
         if status == "failed":
             props["error"] = record.get("error") or "failed"
+        slurm = record.get("slurm") if isinstance(record.get("slurm"), dict) else {}
+        if slurm.get("job_id"):        # ran as a Slurm job (daisy_steps.core.add_slurm_record)
+            props["description"] += (f"; Slurm job {slurm['job_id']} on node {slurm.get('node') or '?'}, "
+                                     f"partition {slurm.get('partition') or '?'}")
+            usage = {"slurm_job_id": slurm["job_id"], "slurm_node": slurm.get("node"),
+                     "slurm_partition": slurm.get("partition"), "slurm_array_job_id": slurm.get("array_job_id"),
+                     **{f"requested_{k}": v for k, v in (slurm.get("requested") or {}).items()},
+                     **{f"used_{k}": v for k, v in (slurm.get("used") or {}).items()}}
+            props["resourceUsage"] = [{"@id": self.entity(self.uid(f"usage/{name}/{key}"), {
+                "@type": "PropertyValue", "name": key, "propertyID": f"daisy:slurm.{key}", "value": value}).id}
+                for key, value in usage.items() if value is not None]
         action = self.crate.add_action(tool, identifier=self.uid(f"job/{name}"), object=objects + values,
                                        result=results or None, properties=props)
         container = self.image(image.get("name"))

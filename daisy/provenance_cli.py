@@ -154,6 +154,11 @@ def show(document: dict[str, Any], run_dir: Path) -> str:
         seconds = _seconds(record)
         line = f"  {name:<{width}}  {record.get('status', 'completed'):<9}  {_image_name(record):<8}  " \
                f"{f'{seconds:8.2f} s' if seconds is not None else '       - s'}"
+        slurm = record.get("slurm") or {}
+        if slurm.get("job_id"):
+            used = slurm.get("used") or {}
+            line += (f"  slurm {slurm['job_id']} on {slurm.get('node') or '?'}/{slurm.get('partition') or '?'}, "
+                     f"{used.get('cpus') or '?'} CPUs, max RSS {used.get('max_rss_mb') or '?'} MB")
         if record.get("status") == "failed":
             line += f"  {record.get('failed_step') or ''}: {record.get('error')}"
         lines.append(line)

@@ -100,7 +100,13 @@ class RuleSpec:
     wildcard_constraints: dict[str, str]
 
 
-def rule_spec(run: Run, stage: str) -> RuleSpec:
+#: memory a job needs beyond the plan's estimate when a cluster executor wraps it: the Slurm plugin
+#: runs two Snakemake processes per job (the batch step's and the srun step's) inside the job's
+#: memory limit (measured 60-180 MB together; docs/slurm.md)
+WRAPPER_MB = 256
+
+
+def rule_spec(run: Run, stage: str, wrapper_mb: Callable[[], int] = lambda: 0) -> RuleSpec:
     """Patterns, image, inputs and resources of ``stage``'s rule, from the plan."""
     from snakemake.io import directory
 
@@ -120,15 +126,16 @@ def rule_spec(run: Run, stage: str) -> RuleSpec:
         input=lambda wildcards: {"job": run.job_file(job(wildcards).name), "data": job(wildcards).inputs},
         threads=lambda wildcards: job(wildcards).threads,
         # a retried job (profile ``retries``) asks for more: an out-of-memory kill is the usual cause
-        resources={"mem_mb": lambda wildcards, attempt: job(wildcards).mem_mb * attempt,
+        resources={"mem_mb": lambda wildcards, attempt: (job(wildcards).mem_mb + wrapper_mb()) * attempt,
                    "runtime": lambda wildcards, attempt: job(wildcards).runtime_min * attempt},
         wildcard_constraints={INDEX: INDEX_PATTERN} if st.indexed else {},
     )
 
 
-def rule_specs(run: Run) -> dict[str, RuleSpec]:
-    """:func:`rule_spec` of every stage of the run (``STAGE`` in rules/common.smk)."""
-    return {stage: rule_spec(run, stage) for stage in run.stages}
+def rule_specs(run: Run, wrapper_mb: Callable[[], int] = lambda: 0) -> dict[str, RuleSpec]:
+    """:func:`rule_spec` of every stage of the run (``STAGE`` in rules/common.smk); ``wrapper_mb()``
+    is added to every job's memory (asked when jobs are made: the executor is known only then)."""
+    return {stage: rule_spec(run, stage, wrapper_mb) for stage in run.stages}
 
 
 # -- run lifecycle (rules/common.smk: onstart, onsuccess, onerror) ------------------------------

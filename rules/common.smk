@@ -23,7 +23,8 @@ except daisy_workflow.SETUP_ERRORS as exc:  # one clear line: the field, file or
 
 
 # The directives of each stage's rule (patterns, image, inputs, resources), from the plan.
-STAGE = daisy_workflow.rule_specs(RUN)
+# A cluster job also holds the executor's own Snakemake processes: they get WRAPPER_MB on top.
+STAGE = daisy_workflow.rule_specs(RUN, wrapper_mb=lambda: 0 if workflow.local_exec else daisy_workflow.WRAPPER_MB)
 
 
 # Every step job: its chain of steps runs in one process in the stage's pinned image.

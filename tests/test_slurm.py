@@ -252,7 +252,9 @@ def test_stopped_run_resumes_without_redoing_finished_jobs(data, workstation):
     again = run_daisy(run_dir, "ct", configs["ct"], "slurm")
     again_slabs = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_ct_slab/(\d{4})/", again))
     assert not again_slabs & done, f"finished slabs {sorted(done)} ran again: {sorted(again_slabs)}"
-    assert again_slabs | done == {f"{i:04d}" for i in range(SLABS)}
+    # a slab whose Slurm job completed while Snakemake was stopping is complete too (the job's own
+    # Snakemake records it in .snakemake on the shared filesystem): neither list need name it
+    assert again_slabs <= {f"{i:04d}" for i in range(SLABS)} - done
     assert {i: (p.stat().st_mtime_ns, p.read_bytes()) for i, p in kept.items()} == before
     assert json.loads((run_dir / "results/ct/provenance.json").read_text())["status"] == "completed"
     assert len(records(run_dir, "ct")) == SLABS + 2
