@@ -95,6 +95,19 @@ def recon_chunk(rows: int, threads: int) -> int:
     return max(2, per_thread + per_thread % 2)
 
 
+def blank_gridrec_edges(recon: np.ndarray) -> np.ndarray:
+    """tomopy 1.15.2's gridrec multiplies ``recon[:, 0, :]`` and ``recon[:, :, -1]`` by a float read
+    one past its malloc'ed correction table (``winv[pdim-1]``) whenever the grid equals the FFT size
+    (columns a power of two >= 16): uninitialised memory, so those two lines (and the corner, by its
+    square) vary from process to process, up to inf. Set them to 0; every other pixel is exact and
+    reproducible (DEVELOPERS.md, "Numerical facts")."""
+    n = recon.shape[-1]
+    if n >= 16 and n & (n - 1) == 0:
+        recon[:, 0, :] = 0
+        recon[:, :, -1] = 0
+    return recon
+
+
 def implausible(recon: np.ndarray, bound: float) -> str | None:
     """What is wrong with a reconstruction (non-finite values, or values beyond ``bound``:
     filtered backprojection stays within a small multiple of the largest sinogram value), or None."""
@@ -164,13 +177,14 @@ class Recon(Step):
         rows = proj.shape[1]
 
         def reconstruct():
-            return tomopy.recon(proj, theta, center=center, algorithm=algorithm,
-                                sinogram_order=False, ncore=self.ctx.threads,
-                                nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
+            out = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
+                               sinogram_order=False, ncore=self.ctx.threads,
+                               nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
+            return blank_gridrec_edges(out) if algorithm == "gridrec" else out
 
         recon = reconstruct()
-        # the gate: tomopy (Debian's 1.15.2) sometimes returns garbage from the first gridrec call
-        # of a process (inf, or values ~1e11..1e28); tomopy.recon leaves proj unchanged, so once more
+        # the gate: a reconstruction with non-finite or implausibly large values is never saved
+        # silently (tomopy.recon leaves proj unchanged, so it is tried once more, then refused)
         bound = p["max_value_factor"] * max(float(np.max(np.abs(proj))), 1e-12)
         problem = implausible(recon, bound)
         if problem:
