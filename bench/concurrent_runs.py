@@ -43,20 +43,11 @@ def outputs(outdir: Path) -> dict[str, str]:
 
 
 def fresh_cache(folder: Path) -> Path:
-    from daisy import images
+    """A fresh image cache with the images hard-linked in (the tests' helper)."""
+    sys.path.insert(0, str(REPO))
+    from tests.workflow_helpers import image_cache_with
 
-    cache = folder / "shared-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
-    for name in ("tomopy", "base"):
-        sif = images.verify_image(name)
-        for path in (sif, sif.with_name(sif.name + ".json")):
-            if path.exists():
-                try:
-                    os.link(path, cache / path.name)
-                except OSError:
-                    shutil.copyfile(path, cache / path.name)
-    return cache
+    return image_cache_with(folder / "shared-cache")
 
 
 def start(config: Path, cwd: Path, env: dict) -> subprocess.Popen:

@@ -27,7 +27,7 @@ from daisy import outdir_lock
 from daisy_steps.nxprocess import content_digest
 
 from .conftest import require_image
-from .workflow_helpers import REPO
+from .workflow_helpers import REPO, image_cache_with, process_argvs
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
 
@@ -76,17 +76,8 @@ def partials(folder: Path) -> list[str]:
 
 def step_processes(marker: bytes) -> list[int]:
     """Host pids of the job processes (``python3 -m daisy_steps run --job ...marker...``)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"python3") and b"daisy_steps" in argv and any(marker in a for a in argv):
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, argv in process_argvs()
+            if argv and argv[0].endswith(b"python3") and b"daisy_steps" in argv and any(marker in a for a in argv)]
 
 
 def running(pid: int) -> bool:
@@ -279,19 +270,7 @@ def test_a_second_run_on_the_same_outdir_is_refused(work):
 def shared_cache(folder: Path) -> Path:
     """A fresh image cache holding the images (hard links): every run must hash them, so the
     four runs read and write one hash cache at the same time."""
-    from daisy import images
-
-    cache = folder / "shared-cache"
-    cache.mkdir()
-    for name in ("tomopy", "base"):
-        sif = images.verify_image(name)
-        for path in (sif, sif.with_name(sif.name + ".json")):
-            if path.exists():
-                try:
-                    os.link(path, cache / path.name)
-                except OSError:
-                    shutil.copyfile(path, cache / path.name)
-    return cache
+    return image_cache_with(folder / "shared-cache")
 
 
 def test_four_runs_at_once_complete_and_equal_a_serial_run(tmp_path):

@@ -28,16 +28,42 @@ def daisy(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
                           env={**os.environ, **(env or {})})
 
 
-def holder_processes() -> list[str]:
-    """Command lines of running image holders (``apptainer exec ... IMAGE sleep infinity``)."""
-    found = []
+def process_argvs():
+    """``(pid, argv)`` of every running process (argv as bytes, NUL-split)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            yield int(proc.name), (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+
+
+def image_cache_with(cache: Path, names=("tomopy", "base")) -> Path:
+    """A fresh image cache holding the verified images ``names`` (hard links, else copies): a run
+    using it must hash them again (benchmarks and concurrency tests)."""
+    import os
+    import shutil
+
+    from daisy import images
+
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    for name in names:
+        sif = images.verify_image(name)
+        for path in (sif, sif.with_name(sif.name + ".json")):
+            if path.exists():
+                try:
+                    os.link(path, cache / path.name)
+                except OSError:
+                    shutil.copyfile(path, cache / path.name)
+    return cache
+
+
+def holder_processes() -> list[str]:
+    """Command lines of running image holders (``apptainer exec ... IMAGE sleep infinity``)."""
+    found = []
+    for _, argv in process_argvs():
         if argv[-3:] == [b"sleep", b"infinity", b""] and any(a.endswith(b".sif") for a in argv):
             found.append(b" ".join(argv).decode(errors="replace"))
     return found
