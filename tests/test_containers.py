@@ -559,7 +559,8 @@ def test_image_holder_keeps_one_shared_mount_and_stops():
     sif = require_image("base")
     if os.geteuid() != 0 or not execute.loop_devices_shared() or shutil.which("losetup") is None:
         pytest.skip("holders need root and 'shared loop devices = yes' (scripts/install-apptainer.sh)")
-    assert _loops(sif) == []
+    if _loops(sif):  # another DAISY run on this machine holds the image: the counts below need it unheld
+        pytest.skip(f"another process holds {sif.name} mounted")
     holders = images.hold_images({"base": ["numpy"]})
     try:
         assert len(holders.processes) == 1
