@@ -213,26 +213,17 @@ def is_batch(cfg: dict) -> bool:
 def gather_outputs(cfg: dict, batch: bool) -> dict[str, Output | str]:
     """The gather stage's outputs this config asks for (a batch: one set per scan, by index)."""
     save = cfg["save"]
-    if not batch:
-        out: dict[str, Output | str] = {"result": f"xrd/{save['filename'] or scan_name(cfg) + '_integrated.h5'}"}
-        if save["previews"]:
-            out["pattern_png"] = "xrd/previews/pattern.png"
-            if cfg["integrate"].get("integrate_2d"):
-                out["cake_png"] = "xrd/previews/cake.png"
-        if save["xy"]:
-            out["xy"] = Output("xrd/xy", directory=True)
-        if save["exports"]:
-            out["exports"] = Output("xrd/exports", directory=True)
-        return out
-    out = {"result": "xrd/{index}_integrated.h5"}
+    scan, folder = ("{index}_", "/{index}") if batch else ("", "")   # a batch: one set per scan
+    result = "xrd/{index}_integrated.h5" if batch else f"xrd/{save['filename'] or scan_name(cfg) + '_integrated.h5'}"
+    out: dict[str, Output | str] = {"result": result}
     if save["previews"]:
-        out["pattern_png"] = "xrd/previews/{index}_pattern.png"
+        out["pattern_png"] = f"xrd/previews/{scan}pattern.png"
         if cfg["integrate"].get("integrate_2d"):
-            out["cake_png"] = "xrd/previews/{index}_cake.png"
+            out["cake_png"] = f"xrd/previews/{scan}cake.png"
     if save["xy"]:
-        out["xy"] = Output("xrd/xy/{index}", directory=True)
+        out["xy"] = Output(f"xrd/xy{folder}", directory=True)
     if save["exports"]:
-        out["exports"] = Output("xrd/exports/{index}", directory=True)
+        out["exports"] = Output(f"xrd/exports{folder}", directory=True)
     return out
 
 
