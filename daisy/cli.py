@@ -47,17 +47,15 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
 
     if profile not in _profiles():
         raise DaisyError(f"unknown profile {profile!r} (known: {', '.join(_profiles())})")
+    run = workflow.resolve(config, pipeline)
     with tempfile.TemporaryDirectory(prefix="daisy-dry-run-") as scratch:
         if dry_run:  # a dry run leaves nothing behind
-            run = workflow.cached_plan(workflow.read_config(config), source=str(config), pipeline=pipeline)
-            resolved = Path(scratch) / workflow.RESOLVED_CONFIG
-            workflow.write_resolved_config(run.config, resolved, source=config)
+            resolved = workflow.write_resolved(run, config, folder=Path(scratch))
         else:
             from . import outdir_lock
 
-            run = workflow.cached_plan(workflow.read_config(config), source=str(config), pipeline=pipeline)
             outdir_lock.acquire(run.outdir)      # one run per outdir, before anything is written into it
-            run, resolved = workflow.resolve(config, pipeline)
+            resolved = workflow.write_resolved(run, config)
             for name in run.images():  # pull missing images by digest before Snakemake fixes their paths
                 images.resolve(name)
         args = snakemake_args(resolved, profile, cores, dry_run, extra)

@@ -37,23 +37,31 @@ def read_config(path: Path) -> dict[str, Any]:
     return configs.read_config(path)
 
 
+def _plan_key(config: dict[str, Any], pipeline: str | None) -> str:
+    return json.dumps([config, pipeline], sort_keys=True, default=str)
+
+
 def cached_plan(config: dict[str, Any], source: str = "config", pipeline: str | None = None) -> Run:
     """:func:`daisy.plan.plan`, once per config in this process (``daisy run`` plans before it
     starts Snakemake in the same process; the Snakefile then finds the same plan)."""
-    key = json.dumps([config, pipeline], sort_keys=True, default=str)
+    key = _plan_key(config, pipeline)
     if key not in _runs:
         _runs[key] = plan(config, source=source, pipeline=pipeline)
     return _runs[key]
 
 
-def resolve(path: Path, pipeline: str | None = None) -> tuple[Run, Path]:
-    """Read, translate, validate and plan the config at ``path``; write the resolved config
-    (every default filled in) into the outdir. Returns the plan and the resolved file."""
-    run = cached_plan(read_config(path), source=str(path), pipeline=pipeline)
-    resolved = run.outdir / RESOLVED_CONFIG
-    write_resolved_config(run.config, resolved, source=path)
-    _runs[json.dumps([run.config, None], sort_keys=True, default=str)] = run
-    return run, resolved
+def resolve(path: Path, pipeline: str | None = None) -> Run:
+    """Read, translate, validate and plan the config at ``path`` (once per process)."""
+    return cached_plan(read_config(path), source=str(path), pipeline=pipeline)
+
+
+def write_resolved(run: Run, source: Path, folder: Path | None = None) -> Path:
+    """Write the run's resolved config (every default filled in) into ``folder`` (default: the
+    outdir) and let the Snakefile, given that file, find this plan. Returns the file."""
+    resolved = Path(folder or run.outdir) / RESOLVED_CONFIG
+    write_resolved_config(run.config, resolved, source=source)
+    _runs[_plan_key(run.config, None)] = run
+    return resolved
 
 
 def write_resolved_config(cfg: dict[str, Any], path: Path, source: Path) -> None:
@@ -164,11 +172,15 @@ def resolve_images(run: Run) -> dict[str, dict[str, Any]]:
 
 
 def start_run(run: Run, workflow) -> None:
-    """``onstart`` (jobs will run): resolve and verify every image (sha256, signature policy),
-    record which ones run (``records/run/images.json``, read by the provenance), then, when this
-    process runs the jobs itself, keep the images mounted and warm while the run lasts."""
+    """``onstart`` (jobs will run): take the outdir's lock (one run per outdir; a no-op under
+    ``daisy run``, which took it already), resolve and verify every image (sha256, signature
+    policy), record which ones run (``records/run/images.json``, read by the provenance), then,
+    when this process runs the jobs itself, keep the images mounted and warm while the run lasts."""
     from daisy_steps.fileio import write_json_atomic
 
+    from . import outdir_lock
+
+    outdir_lock.acquire(run.outdir)
     write_json_atomic(run.images_file(), resolve_images(run))
     methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
     if workflow.local_exec and workflow.is_main_process and "apptainer" in methods and not _holders:
@@ -184,6 +196,19 @@ def warm_modules(run: Run) -> dict[str, list[str]]:
         for entry in job.steps:
             modules[job.image].update(step_class(entry["step"]).libraries)
     return {name: sorted(mods) for name, mods in modules.items()}
+
+
+def end_run(run: Run, failed: bool = False) -> None:
+    """``onsuccess``/``onerror``: a failed run still writes its provenance and crate; the jobs'
+    warnings (from their records) are printed on the console; then :func:`finish_run`."""
+    from .run_report import print_warnings
+
+    if failed:
+        from . import provenance
+
+        provenance.write(run, status="failed")
+    print_warnings(run)
+    finish_run()
 
 
 def finish_run() -> None:

@@ -59,30 +59,19 @@ rule provenance:
         provenance.write(RUN)
 
 
-# While jobs run: images verified against the lock, held mounted and warm (daisy/images/execute.py);
-# at the end, holders stopped without waiting for Snakemake's 1 s scheduler timer.
+# While jobs run: the outdir locked, images verified against the lock, held mounted and warm
+# (daisy/images/execute.py); at the end, warnings printed (and a failed run's provenance written),
+# holders stopped without waiting for Snakemake's 1 s scheduler timer (daisy/workflow.py).
 onstart:
     try:
-        from daisy import outdir_lock
-
-        outdir_lock.acquire(RUN.outdir)  # plain snakemake too: one run per outdir (a no-op under daisy run)
         daisy_workflow.start_run(RUN, workflow)
     except daisy_workflow.SETUP_ERRORS as exc:
         raise WorkflowError(f"DAISY: {exc}") from None
 
 
 onsuccess:
-    from daisy.run_report import print_warnings
-
-    print_warnings(RUN)  # the jobs' warnings (from their records), on the console
-    daisy_workflow.finish_run()
+    daisy_workflow.end_run(RUN)
 
 
 onerror:
-    from daisy import provenance
-
-    provenance.write(RUN, status="failed")  # a failed run keeps its record and crate too
-    from daisy.run_report import print_warnings
-
-    print_warnings(RUN)
-    daisy_workflow.finish_run()
+    daisy_workflow.end_run(RUN, failed=True)

@@ -139,6 +139,12 @@ class Normalize(Step):
                           n_dead, p["min_flat_minus_dark"], n_bad, p["dead_value"])
 
 
+def range_angles(params: dict, count: int) -> np.ndarray:
+    """ct.angles' angles for ``count`` projections when they come from a range, radians float32."""
+    return np.linspace(np.deg2rad(params["start_deg"]), np.deg2rad(params["end_deg"]), count,
+                       endpoint=params["endpoint"]).astype(np.float32)
+
+
 class Angles(Step):
     """Rotation angles (radians) for the projections: from the raw file or from a range."""
 
@@ -167,8 +173,7 @@ class Angles(Step):
                 raise StepError(f"{self.name}: {from_file.size} angles from the file but {count} projections")
             theta = np.asarray(from_file, dtype=np.float32)
         else:
-            theta = np.linspace(np.deg2rad(p["start_deg"]), np.deg2rad(p["end_deg"]), count,
-                                endpoint=p["endpoint"]).astype(np.float32)
+            theta = range_angles(p, count)
         self.store.put("theta", theta)
         self.ctx.results.update(angle_source=source, n_angles=int(count),
                               first_deg=float(np.rad2deg(theta[0])), last_deg=float(np.rad2deg(theta[-1])))

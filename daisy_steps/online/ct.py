@@ -30,6 +30,7 @@ from ..core import DataStore
 from ..errors import StepError
 from ..png import to_uint8, write_png
 from ..ct.layouts import _read_angles, resolve_paths
+from ..ct.prep import range_angles
 from .follow import GrowingDataset, NotYet, open_h5, wait_for
 from .live import LiveState, now_iso
 from .runner import EXIT_STOPPED, Ending, Watch, input_path
@@ -92,12 +93,6 @@ def center_block(find_params: dict, rows: int) -> tuple[int, int]:
     return start, start + find_params["n_rows"]
 
 
-def range_theta(params: dict, count: int) -> np.ndarray:
-    """ct.angles' range angles for ``count`` projections (its own formula)."""
-    return np.linspace(np.deg2rad(params["start_deg"]), np.deg2rad(params["end_deg"]), count,
-                       endpoint=params["endpoint"]).astype(np.float32)
-
-
 def main(job_path, quiet: bool = False) -> int:
     watch = Watch(job_path, "ct")
     log = watch.log
@@ -152,7 +147,7 @@ def main(job_path, quiet: bool = False) -> int:
         if follower.theta is not None:
             return follower.theta[:count]
         if expected is not None:
-            return range_theta(angle_params, expected)[:count]
+            return range_angles(angle_params, expected)[:count]
         return None
 
     def find_center(count: int, final: bool) -> float:
