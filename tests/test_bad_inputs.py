@@ -323,13 +323,6 @@ def test_nxtomo_ambiguity_is_refused_naming_the_entries(tmp_path, entry, words):
     assert leftovers(tmp_path / "out") == [] and digests(raw.parent) == before
 
 
-def _plans_pass_the_entry() -> bool:
-    from daisy.pipelines import ct
-
-    return "entry" in ct.LOAD_KEYS
-
-
-@pytest.mark.skipif(not _plans_pass_the_entry(), reason="daisy/pipelines/ct.py LOAD_KEYS lacks 'entry' (lead's hook)")
 def test_config_field_input_entry_picks_the_entry_when_planning(tmp_path):
     raw = two_nxtomo_entries(tmp_path / "raw" / "two.h5")
     run = plan(ct_config(tmp_path, raw, input={"entry": "/scan_0002"}))
