@@ -67,6 +67,19 @@ def sha256_files(paths: Iterable, workers: int | None = None) -> dict[str, str]:
     return digests
 
 
+def remember_sha256(path, digest: str) -> None:
+    """Record ``digest`` for ``path`` as it is now (hashed by whoever wrote it, e.g. a pull)."""
+    path = Path(path).resolve()
+    cache_file = _cache_file()
+    try:
+        with file_lock(cache_file.with_name(cache_file.name + ".lock")):
+            cache = _read_cache(cache_file)
+            cache[str(path)] = {"stat": _stat_key(path), "sha256": digest}
+            write_json_atomic(cache_file, cache, mode=0o644)
+    except OSError:
+        pass
+
+
 def _cache_file() -> Path:
     from daisy.images.paths import cache_dir   # here, not at the top: daisy.images imports this module
 

@@ -19,6 +19,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from daisy import hashing, images
@@ -420,3 +422,77 @@ def test_no_registry_password_in_any_written_file(registry):
     binary = subprocess.run(["grep", "-rl", "--exclude-dir=.git", "--exclude-dir=.venv", "-a", PASSWORD,
                              *map(str, WRITTEN)], capture_output=True, text=True)
     assert binary.stdout == ""
+
+
+# --------------------------------------------------------------------------------------- a node with no network
+
+def _clone(dest: Path) -> Path:
+    """The working tree's files (tracked and not ignored) in ``dest``: a second checkout."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def test_ct_pipeline_runs_from_a_signed_bundle_in_a_network_namespace(tmp_path, keys):
+    """A maintainer publishes signed base and tomopy to a directory store (in their own checkout),
+    fetches the CT bundle with the public key; a node with no network interface (`unshare -n`), an
+    empty image cache and signature policy `require` runs the whole CT pipeline from the bundle."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        _fail_or_skip("needs root and unshare for a network namespace")
+    from .workflow_helpers import image_cache_with
+
+    for name in ("base", "tomopy"):
+        sif = require_image(name)
+        sidecar = json.loads((sif.parent / (sif.name + ".json")).read_text())
+        if sidecar["definition_sha256"] != images.definition_key(name):
+            pytest.skip(f"the cached {name} was built from another definition: publish would rebuild it")
+    clone = _clone(tmp_path / "checkout")
+    maintainer = dict(os.environ, PYTHONPATH=str(clone),
+                      DAISY_IMAGE_CACHE=str(image_cache_with(tmp_path / "maintainer-cache")))
+    for var in ("DAISY_IMAGE_STORES", "DAISY_SIGNATURE_POLICY", "DAISY_TRUSTED_KEYS"):
+        maintainer.pop(var, None)
+    store, bundle = tmp_path / "store", tmp_path / "bundle"
+    for argv in (["publish", "base", "tomopy", "--to", f"dir://{store}", "--sign-key", str(keys["priv"])],
+                 ["fetch", "--pipeline", "ct", "--to", str(bundle), "--key", str(keys["pub"])]):
+        proc = subprocess.run([sys.executable, "-m", "daisy", "containers", *argv], cwd=clone, env=maintainer,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    lock = json.loads((clone / "containers/images.lock.json").read_text())["images"]
+    index = json.loads((bundle / "index.json").read_text())
+    assert index["signature_policy"] == "require" and set(index["images"]) == {"base", "tomopy"}
+
+    from daisy.workflow import run_job_in_image
+
+    work = tmp_path / "beamline"
+    raw = work / "data" / "ct-daisy.h5"
+    run_job_in_image("tomopy", {"job": "sample", "threads": 2, "steps": [
+        {"step": "sample.ct_phantom", "outputs": {"raw": str(raw)},
+         "params": {"size": 32, "n_angles": 60, "layout": "daisy", "seed": 3, "center_offset": 1.5}}]},
+        work / "jobs" / "sample.json", work)
+    node_cache = tmp_path / "node-cache"
+    node_cache.mkdir()
+    node = {k: v for k, v in os.environ.items() if not k.startswith(("DAISY_", "APPTAINER_DOCKER"))}
+    node.update(PYTHONPATH=str(clone), DAISY_IMAGE_CACHE=str(node_cache), DAISY_IMAGE_STORES=f"dir://{bundle}",
+                DAISY_SIGNATURE_POLICY="require")
+    probe = "import socket\ntry:\n socket.create_connection(('127.0.0.1', 22), 1)\nexcept OSError as e:\n print(e.errno)"
+    offline = subprocess.run(["unshare", "-n", "--", sys.executable, "-c", probe], capture_output=True, text=True)
+    assert offline.stdout.strip() == "101", offline       # ENETUNREACH: not even loopback is up
+    proc = subprocess.run(["unshare", "-n", "--", sys.executable, "-m", "daisy", "run", "ct", "--config",
+                           str(REPO / ".test/ct-daisy/config.yaml")], cwd=work, env=node, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = work / "results" / "ct-daisy"
+    with h5py.File(out / "ct" / "volume.h5") as handle:
+        volume = handle["/entry/data/data"][()]
+    assert volume.shape[0] == 32 and np.isfinite(volume).all()
+    used = json.loads((out / "provenance.json").read_text())["images"]
+    fingerprint = signing.fingerprint(keys["pub"])
+    for name in ("base", "tomopy"):
+        assert used[name]["image_sha256"] == lock[name]["image_sha256"], used[name]
+        assert used[name]["origin"] == "bundle" and used[name]["signature"] == fingerprint, used[name]
+    assert sifs_left(node_cache) == []                                    # used in place from the bundle

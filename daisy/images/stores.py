@@ -8,10 +8,12 @@ Two kinds, named by URL:
   ``.index.lock`` (flock), check the index, rename the file into place and rewrite the index by
   rename: two concurrent writers cannot corrupt it. An index with ``"kind": "bundle"`` is an
   offline bundle (``daisy containers fetch``): runs use its files in place.
-- ``oras://host[:port]/namespace``: any OCI registry, through Apptainer's own ``push``/``pull``
-  (``oras://``; the manifest's one layer is the SIF, its digest the SIF's sha256). The version is
-  the tag; a pull looks the tag's manifest up over the registry API, checks that its layer is the
-  locked sha256 and pulls by manifest digest (``name@sha256:...``). Registries on 127.0.0.1,
+- ``oras://host[:port]/namespace``: any OCI registry. Push is Apptainer's own ``push oras://``
+  (the manifest's one layer is the SIF, its digest the SIF's sha256), so anything Apptainer or
+  ORAS pushed is pullable and the reverse. The version is the tag; a pull looks the tag's manifest
+  up, checks that its SIF layer is the locked sha256 and streams that blob by digest over the
+  registry API (:mod:`daisy.images.transfer`: written and hashed in one pass, which makes a
+  verified pull cost about a ``cp``; ``apptainer pull`` writes, then DAISY would read it again). Registries on 127.0.0.1,
   localhost or ::1, and hosts listed in ``$DAISY_INSECURE_REGISTRIES`` (comma-separated
   ``host:port``), are spoken to over plain HTTP (``--no-https``).
 
@@ -22,16 +24,12 @@ of the image's entry in the committed lock. Credentials: Apptainer's own login s
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -41,44 +39,18 @@ from daisy_steps.fileio import write_json_atomic
 from . import paths
 from .lock import file_lock
 from .paths import ImageError
+from .transfer import LOOPBACK, fetch_verified, registry_get, registry_open, response_chunks
 
 STORES_ENV = "DAISY_IMAGE_STORES"
 INSECURE_ENV = "DAISY_INSECURE_REGISTRIES"
 STORE_VERSION = 1
 SIF_LAYER = "application/vnd.sylabs.sif.layer.v1.sif"
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json"
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def sif_name(name: str, version: str, sha256: str) -> str:
     """The file name of an image: ``<name>-<version>@sha256-<hex>.sif`` (as in the cache)."""
     return f"{name}-{version}@sha256-{sha256}.sif"
-
-
-def mismatch(name: str, where: str, expected: str, actual: str) -> ImageError:
-    return paths.ImageDigestMismatch(f"image '{name}' from {where} refused: expected sha256:{expected} "
-                                     f"(the lock), got sha256:{actual}")
-
-
-def _fetch_to(src_or_cmd, name: str, expected: str, dest: Path, where: str) -> Path:
-    """Copy ``src_or_cmd`` (a Path, or a callable writing its argument) to a temporary file beside
-    ``dest``, check its sha256 and rename it to ``dest``; a mismatch deletes it and raises."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".pulling-{dest.name}-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        if callable(src_or_cmd):
-            src_or_cmd(tmp)
-        else:
-            shutil.copyfile(src_or_cmd, tmp)
-        actual = sha256_file(tmp)
-        if actual != expected:
-            raise mismatch(name, where, expected, actual)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
 
 
 # ------------------------------------------------------------------------------- dir:// stores
@@ -133,7 +105,7 @@ class DirStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".pushing-{final.name}-{os.getpid()}")
         try:
-            _fetch_to(Path(sif), name, sha, tmp, str(sif))       # copy + check outside the lock
+            fetch_verified(Path(sif), name, sha, tmp, str(sif))       # copy + check outside the lock
             with file_lock(self.root / ".index.lock"):
                 self._check(name, version, sha)                 # again: someone may have won the race
                 os.replace(tmp, final)
@@ -173,7 +145,7 @@ class DirStore:
         src = self.file_for(entry)
         if not src.is_file():
             raise ImageError(f"store {self.url} has no image '{name}' {version} sha256:{sha}")
-        return _fetch_to(src, name, sha, dest, self.url)
+        return fetch_verified(src, name, sha, dest, self.url)
 
 
 # ------------------------------------------------------------------------------- oras:// stores
@@ -194,6 +166,10 @@ class OrasStore:
     def __repr__(self) -> str:
         return self.url
 
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure else "https"
+
     def repository(self, name: str) -> str:
         return f"{self.namespace}/{name}" if self.namespace else name
 
@@ -210,8 +186,7 @@ class OrasStore:
 
     def manifest(self, name: str, reference: str) -> tuple[str, dict] | None:
         """``(manifest digest, manifest)`` of ``name:reference``, or None if the registry has none."""
-        scheme = "http" if self.insecure else "https"
-        url = f"{scheme}://{self.host}/v2/{self.repository(name)}/manifests/{reference}"
+        url = f"{self.scheme}://{self.host}/v2/{self.repository(name)}/manifests/{reference}"
         try:
             body, headers = registry_get(url, self.host, {"Accept": MANIFEST_TYPES})
         except urllib.error.HTTPError as exc:
@@ -264,68 +239,24 @@ class OrasStore:
             raise paths.ImageDigestMismatch(f"image '{name}' {version}: store {self.url} has sha256:{layer}, "
                                             f"the lock expects sha256:{sha}; refused")
 
-        def download(tmp: Path) -> None:
-            proc = self._apptainer("pull", "--disable-cache", str(tmp), self.ref(name, manifest_digest))
-            if proc.returncode != 0:
-                got = re.search(r'got "sha256:([0-9a-f]{64})", want "sha256:([0-9a-f]{64})"', proc.stderr)
-                if got:
-                    raise mismatch(name, self.url, sha, got.group(1))
-                raise ImageError(f"pulling image '{name}' sha256:{sha} from {self.url} failed: {_last_error(proc)}")
-        return _fetch_to(download, name, sha, dest, self.url)
+        blob = f"{self.scheme}://{self.host}/v2/{self.repository(name)}/blobs/sha256:{sha}"
+
+        def download():
+            try:
+                resp = registry_open(blob, self.host, {}, timeout=300)
+            except urllib.error.HTTPError as exc:
+                raise ImageError(f"pulling image '{name}' sha256:{sha} (manifest {manifest_digest}) from "
+                                 f"{self.url} failed: {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                raise ImageError(f"store {self.url} unreachable: {getattr(exc, 'reason', exc)}") from None
+            return response_chunks(resp)
+        return fetch_verified(download, name, sha, dest, self.url)
 
 
 def _last_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith(("FATAL", "ERROR"))]
     return (errors or lines or [f"exit {proc.returncode}"])[-1][:400]
-
-
-# ------------------------------------------------------------------------------- registry API
-
-def registry_credentials(host: str) -> tuple[str, str] | None:
-    """The login for ``host``: Apptainer's environment variables, else its login store."""
-    user, password = os.environ.get("APPTAINER_DOCKER_USERNAME"), os.environ.get("APPTAINER_DOCKER_PASSWORD")
-    if user and password:
-        return user, password
-    authfile = Path(os.environ.get("DAISY_REGISTRY_AUTHFILE") or Path.home() / ".apptainer" / "docker-config.json")
-    try:
-        auth = json.loads(authfile.read_text()).get("auths", {}).get(host, {}).get("auth")
-    except (OSError, ValueError):
-        return None
-    if not auth:
-        return None
-    user, _, password = base64.b64decode(auth).decode().partition(":")
-    return user, password
-
-
-def registry_get(url: str, host: str, headers: dict) -> tuple[bytes, dict]:
-    """GET ``url`` from an OCI registry, answering Basic or Bearer (token) challenges with the
-    login of ``host``; no proxy for loopback hosts. HTTPError on failure."""
-    handlers = [urllib.request.ProxyHandler({})] if host.split(":")[0] in LOOPBACK else []
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as resp:
-            return resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 401:
-            raise
-        challenge = exc.headers.get("WWW-Authenticate", "")
-    creds = registry_credentials(host)
-    if challenge.lower().startswith("basic"):
-        if not creds:
-            raise ImageError(f"registry {host} needs a login: `apptainer registry login --username USER oras://{host}`")
-        auth = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-    else:
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-        token_req = urllib.request.Request(params.get("realm", "") + "?" + query)
-        if creds:
-            token_req.add_header("Authorization", "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode())
-        with opener.open(token_req, timeout=30) as resp:
-            data = json.loads(resp.read())
-        auth = "Bearer " + (data.get("token") or data.get("access_token") or "")
-    with opener.open(urllib.request.Request(url, headers=dict(headers, Authorization=auth)), timeout=30) as resp:
-        return resp.read(), dict(resp.headers)
 
 
 # ------------------------------------------------------------------------------- configuration
