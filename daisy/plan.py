@@ -54,10 +54,12 @@ class Stage:
 @dataclass(frozen=True)
 class Output:
     """An output of a stage's jobs: a path pattern relative to the outdir (``{index}`` for
-    indexed stages); ``directory`` for outputs that are folders (e.g. the .xy files)."""
+    indexed stages); ``directory`` for outputs that are folders (e.g. the .xy files); ``temp``
+    for intermediate files Snakemake deletes when their readers are done (never in the provenance)."""
 
     pattern: str
     directory: bool = False
+    temp: bool = False              # an intermediate file, deleted once every job reading it is done
 
 
 @dataclass
@@ -152,7 +154,8 @@ class Run:
     @property
     def targets(self) -> list[str]:
         """Every output of every job (what ``rule all`` asks for), in job order."""
-        return [path for job in self.jobs.values() for path in job.outputs.values()]
+        return [path for job in self.jobs.values() for slot, path in job.outputs.items()
+                if not self.outputs[job.stage.name][slot].temp]
 
     def images(self) -> list[str]:
         return sorted({job.image for job in self.jobs.values()})

@@ -211,6 +211,7 @@ def collect(run, status: str = "completed", error: str | None = None) -> dict[st
         "inputs": _file_infos(sorted(set(run.inputs))),
         "outputs": dict(sorted(outputs.items())),
         "results": results,
+        "io": _io(records, run.inputs),
         "jobs": records,
         "jobs_not_run": not_run,
         "plan": _plan(run),
@@ -218,6 +219,15 @@ def collect(run, status: str = "completed", error: str | None = None) -> dict[st
         "ended": max((r.get("ended") or r["started"] for r in times), default=None),
     }
     return document
+
+
+def _io(records: dict[str, Any], inputs) -> dict[str, int]:
+    """Bytes the run's steps read from files (their ``bytes_read`` results: whole chunks count
+    whole), beside the size of the run's inputs."""
+    read = sum(int(step.get("results", {}).get("bytes_read", 0) or 0)
+               for record in records.values() for step in record.get("steps", []))
+    size = sum(Path(p).stat().st_size for p in set(inputs) if Path(p).is_file())
+    return {"bytes_read": read, "input_bytes": size}
 
 
 def _minimal(run, status: str, error: str | None, problem: BaseException) -> dict[str, Any]:

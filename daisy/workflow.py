@@ -116,7 +116,7 @@ WRAPPER_MB = 256
 
 def rule_spec(run: Run, stage: str, wrapper_mb: Callable[[], int] = lambda: 0) -> RuleSpec:
     """Patterns, image, inputs and resources of ``stage``'s rule, from the plan."""
-    from snakemake.io import directory
+    from snakemake.io import directory, temp
 
     st = run.stages[stage]
     name = st.job_name()
@@ -124,7 +124,7 @@ def rule_spec(run: Run, stage: str, wrapper_mb: Callable[[], int] = lambda: 0) -
     def job(wildcards) -> Job:
         return run.jobs[st.job_name(wildcards.get(INDEX))] if st.indexed else run.jobs[name]
 
-    output = {slot: (directory if out.directory else str)(run.path(out.pattern))
+    output = {slot: (directory if out.directory else temp if out.temp else str)(run.path(out.pattern))
               for slot, out in run.outputs[stage].items()}
     output["record"] = run.record_file(name)
     return RuleSpec(

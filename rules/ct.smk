@@ -1,6 +1,24 @@
 # CT pipeline: raw projections -> reconstructed volume, in sinogram slabs.
 # Stages, their step chains and outputs: daisy/pipelines/ct.py (the plan owns every path and resource).
 
+rule ct_rows:
+    input:
+        unpack(STAGE["ct_rows"].input),
+    output:
+        **STAGE["ct_rows"].output,
+    log:
+        STAGE["ct_rows"].log,
+    container:
+        STAGE["ct_rows"].container
+    threads: STAGE["ct_rows"].threads
+    resources:
+        **STAGE["ct_rows"].resources,
+    wildcard_constraints:
+        **STAGE["ct_rows"].wildcard_constraints,
+    shell:
+        JOB_SHELL
+
+
 rule ct_center:
     input:
         unpack(STAGE["ct_center"].input),

@@ -112,6 +112,37 @@ def test_chunked_equals_unchunked_and_direct_tomopy(ct_workdir):
     assert np.array_equal(volume(direct), vol_one)
 
 
+def test_read_once_gives_the_same_volume_reading_each_frame_once(ct_workdir):
+    """5 slabs + the centre job: each would read every (one-frame) chunk of the raw file; with
+    slabs.read_once (auto) one ct_rows job reads the frames once and hands each job its rows, in
+    files deleted when done. Same volume; the provenance's bytes read stay within twice the file."""
+    work = ct_workdir
+    raw = work / "data" / "ct-dxchange.h5"
+    never, out_never = scenario(work, "ct-dxchange", outdir="results/ct-read-each", slabs={"height": 14, "read_once": "never"})
+    once, out_once = scenario(work, "ct-dxchange", outdir="results/ct-read-once", slabs={"height": 14})
+    snakemake(work, never)
+    snakemake(work, once)
+    assert np.array_equal(volume(out_never / "ct" / "volume.h5"), volume(out_once / "ct" / "volume.h5"))
+    p_never = json.loads((out_never / "provenance.json").read_text())
+    p_once = json.loads((out_once / "provenance.json").read_text())
+    assert "ct_rows" in p_once["jobs"] and "ct_rows" not in p_never["jobs"]
+    size = raw.stat().st_size
+    assert p_never["io"]["input_bytes"] == p_once["io"]["input_bytes"] == size
+    split = p_once["results"]["ct_rows/ct.split_rows"]
+    assert split["parts"] == 6 and split["frames"] == 120
+    scan = split["bytes_read"]                                 # the raw frames, decompressed, read once
+    assert p_never["io"]["bytes_read"] > 5 * scan * 0.9        # every job read every frame whole
+    # once by ct_rows, once more in the parts (the centre job's 16 of 64 rows are a part of their own)
+    assert p_once["io"]["bytes_read"] == scan + split["bytes_written"]
+    assert split["bytes_written"] <= scan * (1 + 16 / 64)
+    for name, record in p_once["jobs"].items():                               # jobs read their rows' file
+        if name.startswith(("ct_slab_", "ct_center")):
+            data = [p for p in record["inputs"] if p.endswith(".h5")]
+            assert len(data) == 1 and "/ct/rows/rows_" in data[0], record["inputs"]
+    assert not list((out_once / "ct" / "rows").glob("*.h5"))                  # intermediate: deleted
+    assert not [p for p in p_once["outputs"] if "/ct/rows/" in p]
+
+
 def _copy_with(work, name, edit):
     src = work / "data" / f"ct-{name}.h5"
     bad = work / "bad" / f"{edit.__name__}.h5"

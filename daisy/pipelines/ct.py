@@ -27,7 +27,7 @@ from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
 from daisy_steps.h5 import get_dataset, open_file
 
-from ..plan import Run, Stage
+from ..plan import Output, Run, Stage
 
 LOAD_KEYS = ("layout", "entry", "data_path", "flat_path", "dark_path", "image_key_path", "angles_path", "angle_units")
 
@@ -80,11 +80,19 @@ def source_run(origin: dict, file: str) -> dict | None:
 
 
 def job_memory_mb(shape: tuple[int, int, int], rows: int) -> int:
-    """Peak memory of a job holding ``rows`` sinogram rows, calibrated on 1500 x 1024 x 1024
-    (bench/peak_memory.py): ~8 bytes per projection pixel (raw, float32 slab, normalize's copy)
-    plus the float32 volume slab, plus the interpreter and tomopy (~200 MiB)."""
+    """Peak memory of a job holding ``rows`` sinogram rows (bench/peak_memory.py): the interpreter
+    and tomopy (~200 MiB), then the larger of two moments. Moving the float32 projections into
+    sinogram order: the projections, plus one 2 MiB huge page per sinogram row that the first
+    angle block touches (numpy asks for transparent huge pages). Reconstructing: the sinograms
+    still held and the volume filling, which peaks at the volume when a volume row outweighs a
+    sinogram row. Raw rows are read 64 MiB at a time; flats and darks are a few frames."""
     frames, _, cols = shape
-    return int(200 + rows * (8 * frames * cols + 4 * cols * cols) / 2**20)
+    mib = 2**20
+    projections = 4 * frames * rows * cols / mib
+    volume = 4 * rows * cols * cols / mib
+    moving = projections + 2 * rows
+    reconstructing = max(projections, volume + 4 * 32 * frames * cols / mib)
+    return int(200 + 64 + max(moving, reconstructing))
 
 
 def memory_budget_mb(threads: int) -> float:
@@ -175,6 +183,8 @@ def center_rows(cfg: dict, rows: int) -> tuple[int, int]:
 
 
 STAGES = (
+    Stage("ct", "ct_rows", "tomopy", ("ct.split_rows",),
+          doc="the raw frames read once -> each slab's (and the centre's) rows in a file of its own"),
     Stage("ct", "ct_center", "tomopy", ("ct.load", "ct.load_processed", *PREPARE, "ct.find_center"),
           doc="rows around the centre row -> rotation centre"),
     Stage("ct", "ct_slab", "tomopy", ("ct.load", "ct.load_processed", *SLAB_PREPARE, "ct.preview_sinogram",
@@ -183,12 +193,14 @@ STAGES = (
     Stage("ct", "ct_gather", "base", ("ct.gather",) * 4,
           doc="slabs -> virtual volume, previews, TIFF (+ one virtual stage file per save.stages entry)"),
 )
-CENTER, SLAB, GATHER = STAGES
+ROWS, CENTER, SLAB, GATHER = STAGES
 
 
-def add_stages(run: Run) -> None:
-    """The run's stages and the outputs this config asks for."""
+def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None) -> None:
+    """The run's stages and the outputs this config asks for (``parts``: the row files of
+    ct_rows, when the raw frames are read once)."""
     save = run.config["save"]
+    run.add_stage(ROWS, {slot: Output(f"ct/rows/{slot}.h5", temp=True) for slot in parts or {}})
     run.add_stage(CENTER, {"center": "ct/center.json"})
     run.add_stage(SLAB, {"slab": "ct/slabs/slab_{index}.h5",
                          **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {}),
@@ -200,6 +212,15 @@ def add_stages(run: Run) -> None:
         gather["tiff"] = "ct/volume.tif"
     gather.update({f"stage_{name}": f"ct/stages/{name}.h5" for name in save["stages"]})
     run.add_stage(GATHER, gather)
+
+
+def read_once(cfg: dict, layout: str, stage: str, readers: int) -> bool:
+    """Whether a ct_rows job reads the raw frames once for all jobs (``slabs.read_once``; auto:
+    when more than two jobs would each read every frame, i.e. more than twice the file)."""
+    mode = cfg["slabs"]["read_once"]
+    if layout == "stage" or stage != "raw" or mode == "never":
+        return False               # stage files are in sinogram order: a slab reads only its rows
+    return readers > 1 if mode == "always" else readers > 2
 
 
 def plan(run: Run) -> None:
@@ -214,11 +235,33 @@ def plan(run: Run) -> None:
     manual = cfg["center"]["method"] == "manual"
     if manual and cfg["center"]["center"] is None:
         raise StepError("config field 'center.center' is required when 'center.method' is manual")
-    add_stages(run)
+    bounds = slab_bounds(cfg, shape)
+    centre = None if manual else center_rows(cfg, shape[1])
+    parts: dict[str, tuple[int, int]] = {}
+    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None)):
+        parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
+        if centre:
+            parts["rows_center"] = centre
+    add_stages(run, parts)
 
-    if not manual:  # a manual centre needs no job: it goes straight into every slab's ct.recon
-        start, stop = center_rows(cfg, shape[1])
-        center_steps = [_load(cfg, start, stop, stage), *_prepare(cfg, stage),
+    def load(slot: str, start: int, stop: int) -> dict:
+        if not parts:
+            return _load(cfg, start, stop, stage)
+        params = {**{k: None for k in LOAD_KEYS}, "layout": "daisy", "angle_units": "auto",
+                  "row_start": start, "row_stop": stop}
+        return {"step": "ct.load", "inputs": {"raw": run.output("ct_rows", slot)}, "params": params}
+
+    if parts:
+        frame_bytes = shape[1] * shape[2] * 2
+        run.add_job("ct_rows", [{"step": "ct.split_rows", "inputs": {"raw": cfg["input"]["file"]},
+                                 "params": {**{k: cfg["input"][k] for k in LOAD_KEYS},
+                                            "parts": {k: list(v) for k, v in parts.items()}},
+                                 "outputs": {slot: run.output("ct_rows", slot) for slot in parts}}],
+                    threads=1, mem_mb=int(300 + 2 * (64 * 2**20 + frame_bytes) / 2**20))
+
+    if centre:  # a manual centre needs no job: it goes straight into every slab's ct.recon
+        start, stop = centre
+        center_steps = [load("rows_center", start, stop), *_prepare(cfg, stage),
                         {"step": "ct.find_center", "params": cfg["center"],
                          "outputs": {"center": run.output("ct_center", "center")}}]
         run.add_job("ct_center", center_steps, threads=threads, mem_mb=job_memory_mb(shape, stop - start))
@@ -226,13 +269,12 @@ def plan(run: Run) -> None:
     recon = {**cfg["recon"], "center": cfg["center"]["center"] if manual else None}
     center_input = {} if manual else {"center": run.output("ct_center", "center")}
     slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
-    bounds = slab_bounds(cfg, shape)
     for index, (r0, r1) in enumerate(bounds):
         keep = {name: {"step": "ct.save_stage", "outputs": {"slab": run.output("ct_slab", f"stage_{name}", index)},
                        "params": {"stage": name, "stripe_method": cfg["stripe"]["method"],
                                   "source_provenance": "../../provenance.json", **slab_params}}
                 for name in save["stages"]}
-        steps = [_load(cfg, r0, r1, stage), *_prepare(cfg, stage, keep)]
+        steps = [load(f"rows_{index:04d}", r0, r1), *_prepare(cfg, stage, keep)]
         if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
             steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
                           "outputs": {"png": run.output("ct_slab", "preview", index)}})

@@ -332,17 +332,45 @@ def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
     return [(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
-def read_frames(dset: h5py.Dataset, indices: np.ndarray | None, rows: tuple[int, int]) -> np.ndarray:
-    """Frames ``indices`` (all if None) of a 3D stack, detector rows ``rows`` only."""
+#: raw integer types that float32 holds exactly: ct.load hands them on as float32 counts
+EXACT_IN_FLOAT32 = ("uint8", "int8", "uint16", "int16")
+READ_BLOCK_BYTES = 64 << 20
+
+
+def read_frames(dset: h5py.Dataset, indices: np.ndarray | None, rows: tuple[int, int],
+                as_float32: bool = False) -> np.ndarray:
+    """Frames ``indices`` (all if None) of a 3D stack, detector rows ``rows`` only; with
+    ``as_float32`` integer counts that float32 holds exactly come as float32, converted a block of
+    frames at a time (never a whole-slab copy in the file's type)."""
     r0, r1 = rows
-    if indices is None:
-        return np.asarray(dset[:, r0:r1, :])
-    out = np.empty((indices.size, r1 - r0, dset.shape[2]), dtype=dset.dtype)
+    convert = as_float32 and dset.dtype.name in EXACT_IN_FLOAT32
+    frames = np.arange(dset.shape[0]) if indices is None else indices
+    out = np.empty((frames.size, r1 - r0, dset.shape[2]), dtype=np.float32 if convert else dset.dtype)
+    step = min(max(1, frames.size), max(1, READ_BLOCK_BYTES // max(1, (r1 - r0) * dset.shape[2] * dset.dtype.itemsize)))
+    buffer = np.empty((step, r1 - r0, dset.shape[2]), dtype=dset.dtype) if convert else None
     pos = 0
-    for a, b in _runs(indices):
-        dset.read_direct(out, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
-        pos += b - a
+    for a, b in _runs(frames):
+        if not convert:
+            dset.read_direct(out, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
+            pos += b - a
+            continue
+        for c in range(a, b, step):
+            n = min(step, b - c)
+            dset.read_direct(buffer, np.s_[c:c + n, r0:r1, :], np.s_[0:n])
+            out[pos:pos + n] = buffer[:n]
+            pos += n
     return out
+
+
+def bytes_touched(dset: h5py.Dataset, frames: int, rows: tuple[int, int]) -> int:
+    """Bytes HDF5 reads (decompressed) for ``frames`` frames of detector rows ``rows``: whole
+    chunks (a frame-chunked detector file gives every frame whole, whatever the rows)."""
+    r0, r1 = rows
+    if not dset.chunks or dset.ndim != 3:
+        return frames * (r1 - r0) * dset.shape[2] * dset.dtype.itemsize
+    cf, cr, _ = dset.chunks
+    row_chunks = (r1 - 1) // cr - r0 // cr + 1
+    return -(-frames // cf) * cf * row_chunks * cr * dset.shape[2] * dset.dtype.itemsize
 
 
 def _frame_stack(handle, path, label, what) -> h5py.Dataset:
@@ -469,13 +497,19 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
         paths = resolve_paths(handle, params, label, stage=stage)    # checks the metadata (check_metadata)
         data = get_dataset(handle, paths.data, label)
         n_rows = data.shape[0] if paths.layout == "stage" else data.shape[1]
+        offset, held = 0, n_rows
+        if "rows_of" in data.attrs and paths.layout != "stage":   # ct.split_rows: some rows of a scan
+            offset, n_rows = int(data.attrs["row_offset"]), int(data.attrs["detector_rows"])
         r0 = params["row_start"]
         r1 = n_rows if params["row_stop"] is None else params["row_stop"]
-        if not 0 <= r0 < r1 <= n_rows:
-            raise StepError(f"{label}: rows {r0}:{r1} are outside the {n_rows} detector rows of {paths.data} "
-                            f"(shape {data.shape})")
+        if not offset <= r0 < r1 <= offset + held:
+            where = f"rows {offset}:{offset + held} of a {n_rows}-row detector" if offset or held != n_rows else \
+                f"the {n_rows} detector rows"
+            raise StepError(f"{label}: rows {r0}:{r1} are outside {where} of {paths.data} (shape {data.shape})")
         rows = (r0, r1)
-        info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape), "stage": stage}
+        r0, r1 = r0 - offset, r1 - offset                       # rows of this file
+        info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape), "stage": stage,
+                "dtype": data.dtype.name}
         if paths.entry:
             info["entry"] = paths.entry
         empty = np.empty((0, r1 - r0, data.shape[-1]), dtype=np.float32)
@@ -486,20 +520,20 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
             info.update(n_projections=int(proj.shape[0]))
         elif paths.layout == "nxtomo":
             sel = _image_key_selection(handle, paths, label, data, need_fields=stage == "raw")
-            proj = read_frames(data, sel[KEY_PROJECTION], rows)
+            proj = read_frames(data, sel[KEY_PROJECTION], (r0, r1), as_float32=stage == "raw")
             if stage == "raw":
-                flat = read_frames(data, sel[KEY_FLAT], rows)
-                dark = read_frames(data, sel[KEY_DARK], rows)
+                flat = read_frames(data, sel[KEY_FLAT], (r0, r1))
+                dark = read_frames(data, sel[KEY_DARK], (r0, r1))
             else:
                 flat = dark = empty
             info.update(image_key=paths.image_key, n_projections=int(sel[0].size),
                         n_flats=int(flat.shape[0]), n_darks=int(dark.shape[0]))
         else:
-            proj = read_frames(data, None, rows)
+            proj = read_frames(data, None, (r0, r1), as_float32=stage == "raw")
             if stage == "raw":
                 stacks = _field_stacks(handle, paths, label, data)
                 flat, dark = (np.asarray(stacks[w][r0:r1, :])[np.newaxis] if stacks[w].ndim == 2
-                              else read_frames(stacks[w], None, rows) for w in ("flat fields", "dark fields"))
+                              else read_frames(stacks[w], None, (r0, r1)) for w in ("flat fields", "dark fields"))
                 info.update(flat=paths.flat, dark=paths.dark)
             else:
                 flat = dark = empty
@@ -515,4 +549,8 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
                 raise StepError(f"{label}: angles {paths.angles} hold {bad} non-finite values (NaN or inf)")
             info.update(angles=paths.angles, angle_units=units)
         info["rows"] = list(rows)
+        if paths.layout != "stage":
+            info["bytes_read"] = bytes_touched(data, proj.shape[0] + (flat.shape[0] + dark.shape[0]
+                                                                     if paths.layout == "nxtomo" else 0), (r0, r1)) + \
+                (flat.size * flat.dtype.itemsize + dark.size * dark.dtype.itemsize if paths.layout != "nxtomo" else 0)
         return Slab(proj, flat, dark, theta, rows, n_rows, paths, info)

@@ -33,12 +33,14 @@ class Load(Step):
     """
 
     name = "ct.load"
-    version = "1.1.0"
+    version = "1.2.0"
     images = ("tomopy", "base", "pyfai")  # numpy, h5py, hdf5plugin
     libraries = ("numpy", "h5py", "hdf5plugin")
     requires: dict[str, Port] = {}
     provides = {
-        "proj": Port("ndarray", "projections of the slab, (angles, rows, columns), raw counts"),
+        "proj": Port("ndarray", "projections of the slab, (angles, rows, columns), raw counts (float32 when "
+                                "the file's integer type fits it exactly: uint8/16, int8/16)"),
+        "raw_dtype": Port("str", "the file's type of the projections (integer counts need no finiteness check)"),
         "flat": Port("ndarray", "flat fields of the same rows, (frames, rows, columns)"),
         "dark": Port("ndarray", "dark fields of the same rows, (frames, rows, columns)"),
         **_COMMON,
@@ -57,6 +59,7 @@ class Load(Step):
         if stage == "raw":
             self.store.put("flat", slab.flat)
             self.store.put("dark", slab.dark)
+            self.store.put("raw_dtype", slab.info["dtype"])
         for key, value in (("rows", slab.rows), ("detector_rows", slab.detector_rows), ("raw_file", str(ref.path))):
             self.store.put(key, value)
         if slab.theta is not None:

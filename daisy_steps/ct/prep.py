@@ -25,11 +25,50 @@ def _percent(part: int, total: int) -> str:
     return f"{100.0 * part / max(1, total):.3g}%"
 
 
-def constant_frames(proj: np.ndarray) -> np.ndarray:
+def constant_frames(proj: np.ndarray, threads: int = 1) -> np.ndarray:
     """Indices of the projections whose values (in the loaded rows) are all equal, e.g. all
     zero: a dropped frame, a closed shutter. NaN frames are not counted here."""
     flat = proj.reshape(proj.shape[0], -1)
-    return np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
+    low, high = np.empty(flat.shape[0], flat.dtype), np.empty(flat.shape[0], flat.dtype)
+
+    def span(a0: int) -> None:                     # numpy reductions run outside the GIL
+        np.min(flat[a0:a0 + 64], axis=1, out=low[a0:a0 + 64])
+        np.max(flat[a0:a0 + 64], axis=1, out=high[a0:a0 + 64])
+
+    in_blocks(span, flat.shape[0], 64, threads)
+    return np.flatnonzero(low == high)
+
+
+def in_blocks(work, count: int, block: int, threads: int) -> None:
+    """``work(start)`` for start = 0, block, 2 block, ... < count, on ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = range(0, count, block)
+    if threads <= 1 or len(starts) == 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, starts))
+
+
+def finite_range(values: np.ndarray, threads: int = 1, block: int = 64) -> tuple[float, float]:
+    """(min, max) over the first axis in blocks on ``threads`` threads, no temporaries; NaN when
+    any value is NaN, ±inf when any is infinite (so one pass answers "all finite?" too)."""
+    if values.size == 0:
+        return 0.0, 0.0
+    parts: list[tuple[float, float]] = []
+
+    def span(a0: int) -> None:
+        part = values[a0:a0 + block]
+        parts.append((float(np.min(part)), float(np.max(part))))
+
+    in_blocks(span, values.shape[0], block, threads)
+    lows, highs = zip(*parts)
+    low, high = min(lows), max(highs)
+    if any(np.isnan(lows)) or any(np.isnan(highs)):
+        return float("nan"), float("nan")
+    return low, high
 
 
 class Normalize(Step):
@@ -51,15 +90,18 @@ class Normalize(Step):
     """
 
     name = "ct.normalize"
-    version = "1.1.0"
+    version = "1.2.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy", "numexpr")
     requires = {"proj": Port("ndarray", "raw projections, (angles, rows, columns)"),
                 "flat": Port("ndarray", "flat fields of the same rows"),
                 "dark": Port("ndarray", "dark fields of the same rows"),
                 "rows": Port("tuple", "(start, stop): the detector rows held (named in messages)", optional=True),
-                "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
-    provides = {"proj": Port("ndarray", "transmission, float32, finite and positive")}
+                "raw_file": Port("path", "the raw file (named in messages)", optional=True),
+                "raw_dtype": Port("str", "the file's type of the projections: integer counts skip the "
+                                         "finiteness count", optional=True)}
+    provides = {"proj": Port("ndarray", "transmission, float32, finite and positive (in place when the "
+                                        "projections are float32)")}
     consumes = ("flat", "dark")
 
     def _gate(self, count: int, total: int, limit_field: str, what: str, hint: str) -> None:
@@ -87,9 +129,10 @@ class Normalize(Step):
         if proj.size == 0 or flat.shape[0] == 0 or dark.shape[0] == 0:
             raise StepError(f"{self.name}: nothing to normalize in {where(self.store)}: projections {proj.shape}, "
                             f"flats {flat.shape}, darks {dark.shape}")
-        constant = constant_frames(proj)
-        raw_bad = {name: int(np.count_nonzero(~np.isfinite(a))) if a.dtype.kind == "f" else 0
-                   for name, a in (("projections", proj), ("flats", flat), ("darks", dark))}
+        constant = constant_frames(proj, self.ctx.threads)
+        integer = np.dtype(self.store.get("raw_dtype", proj.dtype.name)).kind in "biu"
+        raw_bad = {name: int(np.count_nonzero(~np.isfinite(a))) if a.dtype.kind == "f" and not (integer and a is proj)
+                   else 0 for name, a in (("projections", proj), ("flats", flat), ("darks", dark))}
         if p["averaging"] == "mean":
             flat_avg = np.mean(flat, axis=0, dtype=np.float32)
             dark_avg = np.mean(dark, axis=0, dtype=np.float32)
@@ -98,9 +141,11 @@ class Normalize(Step):
             dark_avg = np.median(dark, axis=0).astype(np.float32)
         # mean: tomopy averages the stacks itself (faster, and the same numbers as our float32
         # means); median: the 2D medians, which tomopy's mean over one frame returns unchanged.
-        # tomopy converts integer counts to float32 before it subtracts: no integer wrap-around.
+        # tomopy converts integer counts to float32 before it subtracts: no integer wrap-around;
+        # ct.load already did for 8/16-bit counts (exact), so it works in place here.
         flat_in, dark_in = (flat, dark) if p["averaging"] == "mean" else (flat_avg, dark_avg)
-        out = tomopy.normalize(proj, flat_in, dark_in, cutoff=p["cutoff"], ncore=self.ctx.threads)
+        out = tomopy.normalize(proj, flat_in, dark_in, cutoff=p["cutoff"], ncore=self.ctx.threads,
+                               out=proj if proj.dtype == np.float32 else None)
         out = np.asarray(out, dtype=np.float32)
         dead = ~(flat_avg - dark_avg >= np.float32(p["min_flat_minus_dark"]))
         n_dead = int(np.count_nonzero(dead))
@@ -120,14 +165,23 @@ class Normalize(Step):
                    f"projections are constant (every value equal, e.g. all zero; first: "
                    f"{', '.join(map(str, constant[:5].tolist()))})",
                    "dropped frames or a closed shutter? check the raw data, or raise the limit to accept")
-        bad = ~np.isfinite(out)
-        n_bad = int(np.count_nonzero(bad))
-        if n_bad:
+        # the guard: non-finite values become dead_value, values below min_transmission are raised to it;
+        # one threaded (min, max) pass tells whether either is needed (masks only then)
+        low, high = finite_range(out, self.ctx.threads)
+        n_bad = 0
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = ~np.isfinite(out)
+            n_bad = int(np.count_nonzero(bad))
             out[bad] = np.float32(p["dead_value"])
-        low = out < np.float32(p["min_transmission"])
-        n_low = int(np.count_nonzero(low))
-        if n_low:
-            out[low] = np.float32(p["min_transmission"])
+            del bad
+            low = float(np.min(out))
+        floor = np.float32(p["min_transmission"])
+        n_low = 0
+        if low < floor:
+            low_mask = out < floor
+            n_low = int(np.count_nonzero(low_mask))
+            out[low_mask] = floor
+            del low_mask
         self.store.discard("flat")
         self.store.discard("dark")
         self.store.put("proj", out)
@@ -183,7 +237,7 @@ class MinusLog(Step):
     """Attenuation ``-log(transmission)`` with tomopy.minus_log, in place."""
 
     name = "ct.minus_log"
-    version = "1.0.0"
+    version = "1.1.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy", "numexpr")
     requires = {"proj": Port("ndarray", "transmission, float32 (ct.normalize)")}
@@ -197,8 +251,9 @@ class MinusLog(Step):
             raise StepError(f"{self.name}: projections are {proj.dtype}, not normalized float32; "
                             f"put ct.normalize before ct.minus_log")
         out = tomopy.minus_log(proj, ncore=self.ctx.threads, out=proj)
-        bad = int((~np.isfinite(out)).sum())
-        if bad:
+        low, high = finite_range(out, self.ctx.threads)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = int(np.count_nonzero(~np.isfinite(out)))
             raise StepError(f"{self.name}: {bad} non-finite values after minus-log (transmission <= 0); "
                             f"ct.normalize's guard prevents this")
         self.store.put("proj", out)

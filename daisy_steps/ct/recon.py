@@ -10,6 +10,7 @@ import numpy as np
 from ..core import Step
 from ..errors import StepError
 from ..ports import Port
+from .memory import release, to_sinogram_order, value_range
 
 ANALYTIC = ("gridrec", "fbp")
 #: every CPU iterative algorithm of tomopy.recon, with the options each takes beyond num_iter
@@ -111,14 +112,20 @@ def blank_gridrec_edges(recon: np.ndarray) -> np.ndarray:
 def implausible(recon: np.ndarray, bound: float) -> str | None:
     """What is wrong with a reconstruction (non-finite values, or values beyond ``bound``:
     filtered backprojection stays within a small multiple of the largest sinogram value), or None."""
-    finite = np.isfinite(recon)
-    bad = int(recon.size - np.count_nonzero(finite))
-    if bad:
-        return f"{bad} non-finite values"
-    peak = float(np.max(np.abs(recon))) if recon.size else 0.0
+    low, high = value_range(recon)                 # NaN or inf show in the range: no mask unless needed
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{int(recon.size - np.count_nonzero(np.isfinite(recon)))} non-finite values"
+    peak = max(-low, high)
     if peak > bound:
         return f"values up to {peak:.3g} (more than {bound:.3g})"
     return None
+
+
+def recon_block(rows: int, threads: int) -> int:
+    """Detector rows per tomopy.recon call: a few pairs per thread (even, so gridrec pairs the same
+    rows as one call on the whole slab would), small enough that the sinograms of finished rows
+    are released while the volume fills."""
+    return min(rows + rows % 2, 16 * max(1, threads))
 
 
 def read_center(path) -> float:
@@ -143,7 +150,7 @@ class Recon(Step):
     """
 
     name = "ct.recon"
-    version = "1.2.0"
+    version = "1.3.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
@@ -174,32 +181,26 @@ class Recon(Step):
         clip = p["clip_negative"] == "always" or (p["clip_negative"] == "auto" and algorithm in MULTIPLICATIVE)
         if clip:
             np.maximum(proj, np.float32(0), out=proj)
-        rows = proj.shape[1]
-
-        def reconstruct():
-            out = tomopy.recon(proj, theta, center=center, algorithm=algorithm,
-                               sinogram_order=False, ncore=self.ctx.threads,
-                               nchunk=recon_chunk(rows, self.ctx.threads), **kwargs)
-            return blank_gridrec_edges(out) if algorithm == "gridrec" else out
-
-        recon = reconstruct()
-        # the gate: a reconstruction with non-finite or implausibly large values is never saved
-        # silently (tomopy.recon leaves proj unchanged, so it is tried once more, then refused)
-        bound = p["max_value_factor"] * max(float(np.max(np.abs(proj))), 1e-12)
-        problem = implausible(recon, bound)
-        if problem:
-            recon = reconstruct()
-            again = implausible(recon, bound)
-            rows_text = self._rows_text()
-            if again:
-                raise StepError(f"{self.name}: tomopy.recon ({algorithm}) returned {again} for {rows_text}, twice; "
-                                f"the result would be meaningless (config field recon.max_value_factor "
-                                f"{p['max_value_factor']:g} x the largest sinogram value)")
-            self.ctx.warn(f"tomopy.recon ({algorithm}) returned {problem} for {rows_text} on its first call; "
-                          f"reconstructed again, the result is plausible")
+        rows, cols = proj.shape[1], proj.shape[2]
+        low, high = value_range(proj)
+        bound = p["max_value_factor"] * max(-low, high, 1e-12)
+        # tomopy.recon wants sinogram order and would copy the whole slab into it; done here block by
+        # block, releasing the projections as they move, then the sinograms of each block of rows
+        # once reconstructed: the slab's values are held about once, not three times
+        sino = to_sinogram_order(proj, self.ctx.threads)
         del proj
-        self.store.discard("proj")  # free the slab's projections before masking
-        recon = np.asarray(recon, dtype=np.float32)
+        self.store.discard("proj")
+        recon = np.empty((rows, cols, cols), dtype=np.float32)
+        block = recon_block(rows, self.ctx.threads)
+        warned = []
+        for r0 in range(0, rows, block):
+            part_in, part_out = sino[r0:r0 + block], recon[r0:r0 + block]
+            self._reconstruct(tomopy, part_in, part_out, theta, center, kwargs, bound, r0, warned)
+            release(part_in)
+        del sino
+        if warned:
+            self.ctx.warn(f"tomopy.recon ({algorithm}) returned {'; '.join(warned)} on a first call; "
+                          f"reconstructed again, the result is plausible")
         if p["circ_mask_ratio"] is not None:
             recon = tomopy.circ_mask(recon, axis=0, ratio=p["circ_mask_ratio"], val=p["circ_mask_value"],
                                      ncore=self.ctx.threads)
@@ -212,8 +213,37 @@ class Recon(Step):
         self.store.put("recon_info", info)
         self.ctx.results.update(info, shape=list(recon.shape))
 
-    def _rows_text(self) -> str:
-        rows = self.store.get("rows")
+    def _reconstruct(self, tomopy, sino, out, theta, center, kwargs, bound, r0, warned) -> None:
+        """Rows ``sino`` (sinogram order) into ``out`` (a view of the volume), checked by the gate:
+        an implausible result is computed once more (tomopy.recon leaves its input unchanged),
+        then refused."""
+        algorithm = self.params["algorithm"]
+
+        def reconstruct():
+            if algorithm != "gridrec":
+                out[...] = np.float32(1e-6)          # tomopy's own start value (gridrec overwrites all)
+            tomopy.recon(sino, theta, center=center, algorithm=algorithm, sinogram_order=True,
+                         ncore=self.ctx.threads, nchunk=recon_chunk(sino.shape[0], self.ctx.threads),
+                         init_recon=out, **kwargs)
+            if algorithm == "gridrec":
+                blank_gridrec_edges(out)
+
+        reconstruct()
+        problem = implausible(out, bound)
+        if not problem:
+            return
+        reconstruct()
+        again = implausible(out, bound)
+        rows = self.store.get("rows") or (0, 0)
+        text = self._rows_text(rows[0] + r0, rows[0] + r0 + sino.shape[0])
+        if again:
+            raise StepError(f"{self.name}: tomopy.recon ({algorithm}) returned {again} for {text}, twice; "
+                            f"the result would be meaningless (config field recon.max_value_factor "
+                            f"{self.params['max_value_factor']:g} x the largest sinogram value)")
+        warned.append(f"{problem} for {text}")
+
+    def _rows_text(self, start: int | None = None, stop: int | None = None) -> str:
+        rows = (start, stop) if start is not None else self.store.get("rows")
         raw = self.store.get("raw_file")
         text = f"rows {rows[0]}:{rows[1]}" if rows else "the slab"
         return f"{text} of {raw}" if raw else text
