@@ -243,6 +243,13 @@ probe() {  # a one-second job must run and complete (cgroup set-ups can fail onl
 cmd_stop() {
   stop_daemon slurmd
   stop_daemon slurmctld
+  # the client links go too: with a config naming a stopped controller every `scontrol` waits ~9 s,
+  # and Snakemake's Slurm plugin runs one when it is imported, i.e. by every snakemake or daisy run
+  for name in slurm.conf cgroup.conf; do
+    if [ -L "/etc/slurm/$name" ] && [ "$(readlink "/etc/slurm/$name")" = "$STATE/etc/$name" ]; then
+      rm -f "/etc/slurm/$name"
+    fi
+  done
   if [ -f "$STATE/run/munged.ours" ]; then
     /usr/sbin/munged --stop >/dev/null 2>&1 || runuser -u munge -- /usr/sbin/munged --stop >/dev/null 2>&1 || true
     rm -f "$STATE/run/munged.ours"
