@@ -157,6 +157,11 @@ class Run:
         return [path for job in self.jobs.values() for slot, path in job.outputs.items()
                 if not self.outputs[job.stage.name][slot].temp]
 
+    def temp_files(self) -> list[str]:
+        """Intermediate outputs (``Output.temp``): deleted by Snakemake once read, by a failed run at its end."""
+        return [path for job in self.jobs.values() for slot, path in job.outputs.items()
+                if self.outputs[job.stage.name][slot].temp]
+
     def images(self) -> list[str]:
         return sorted({job.image for job in self.jobs.values()})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,29 @@ def end_run(run: Run, failed: bool = False) -> None:
     if failed:
         from . import provenance
 
+        _drop_or_keep_intermediates(run)
         provenance.write(run, status="failed")
     print_warnings(run)
     finish_run()
+
+
+def _drop_or_keep_intermediates(run: Run) -> None:
+    """A failed run keeps its intermediate files (e.g. ct/rows) only when a job that read them has
+    finished: the same command then resumes without recomputing it (remaking them would make every
+    reader out of date). Otherwise nothing is saved by keeping them: they go."""
+    temp = set(run.temp_files())
+    readers = [name for name, job in run.jobs.items() if temp & set(job.inputs)]
+    finished = [name for name in readers if Path(run.record_file(name)).is_file()]
+    if not finished:
+        for path in temp:
+            Path(path).unlink(missing_ok=True)
+        return
+    kept = [p for p in temp if Path(p).is_file()]
+    if kept:
+        size = sum(Path(p).stat().st_size for p in kept) / 2**20
+        print(f"daisy: kept {len(kept)} intermediate files ({size:.0f} MiB, e.g. {kept[0]}) so that the same "
+              f"command resumes without redoing {len(finished)} finished jobs; they go when the run completes",
+              file=sys.stderr)
 
 
 def finish_run() -> None:

@@ -262,17 +262,24 @@ def ct_run(work):
 def test_ct_run_crate(ct_run):
     prov = json.loads((ct_run / "provenance.json").read_text())
     assert prov["provenance_version"] == 2 and prov["status"] == "completed"
-    assert set(prov["jobs"]) == {"ct_center", "ct_slab_0000", "ct_slab_0001", "ct_gather"} and not prov["jobs_not_run"]
+    # three jobs would read the raw scan: ct_rows reads it once for them (slabs.read_once auto)
+    assert set(prov["jobs"]) == {"ct_rows", "ct_center", "ct_slab_0000", "ct_slab_0001", "ct_gather"}
+    assert not prov["jobs_not_run"]
     assert all(r["status"] == "completed" and r["record_version"] == 2 for r in prov["jobs"].values())
     g = check_crate(ct_run, prov)
     assert validate_offline(ct_run) == []
-    # the centre job: its input (the raw scan, outside the outdir) and its result (inside it)
-    center = next(e for e in g.values() if e.get("identifier") == "ct_center")
+    # the rows job: its input is the raw scan (outside the outdir)
+    rows = next(e for e in g.values() if e.get("identifier") == "ct_rows")
     raw = "file://" + str(ct_run.parent.parent / "data" / "ct.h5")
-    assert raw in ids(center["object"]) and ids(center["result"]) == ["ct/center.json"]
+    assert raw in ids(rows["object"])
+    names = {g[i]["name"]: g[i].get("value") for i in ids(rows["object"]) if g[i]["@type"] == "PropertyValue"}
+    assert names["ct.split_rows.layout"] == "nxtomo"
+    # the centre job: its rows (an intermediate file, deleted once read) and its result (inside the outdir)
+    center = next(e for e in g.values() if e.get("identifier") == "ct_center")
+    assert ids(center["result"]) == ["ct/center.json"]
     assert g[center["containerImage"]["@id"]]["name"] == "tomopy"
     names = {g[i]["name"]: g[i].get("value") for i in ids(center["object"]) if g[i]["@type"] == "PropertyValue"}
-    assert names["ct.find_center.method"] == "vo" and names["ct.load.layout"] == "nxtomo"
+    assert names["ct.find_center.method"] == "vo" and names["ct.load.layout"] == "daisy"
 
 
 @pytest.mark.apptainer
@@ -309,7 +316,8 @@ def test_failed_run_crate(work):
     assert failed["status"] == "failed" and failed["failed_step"] == "ct.find_center"
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["status"] == "failed" and "only used with method 'manual'" in prov["error"]
-    assert list(prov["jobs"]) == ["ct_center"] and prov["jobs"]["ct_center"]["status"] == "failed"
+    assert sorted(prov["jobs"]) == ["ct_center", "ct_rows"] and prov["jobs"]["ct_center"]["status"] == "failed"
+    assert prov["jobs"]["ct_rows"]["status"] == "completed"
     assert sorted(prov["jobs_not_run"]) == ["ct_gather", "ct_slab_0000", "ct_slab_0001"]
     g = check_crate(run_dir, prov)
     assert validate_offline(run_dir) == []

@@ -50,7 +50,9 @@ def test_rules_name_no_path_image_or_resource():
 
 def test_rule_directives_match_the_plan(tmp_path):
     run = plans.plan(_ct_config(tmp_path))
-    assert [j for j in run.jobs] == ["ct_center", "ct_slab_0000", "ct_slab_0001", "ct_slab_0002", "ct_gather"]
+    # four jobs would read the raw file: ct_rows reads it once for them (slabs.read_once auto)
+    assert [j for j in run.jobs] == ["ct_rows", "ct_center", "ct_slab_0000", "ct_slab_0001", "ct_slab_0002",
+                                     "ct_gather"]
     for stage in run.stages:
         spec = workflow.rule_spec(run, stage)
         for job in run.stage_jobs(stage):
@@ -66,6 +68,7 @@ def test_rule_directives_match_the_plan(tmp_path):
             assert f"{job.image}-" in spec.container
     assert run.jobs["ct_gather"].image == "base" and run.jobs["ct_slab_0001"].image == "tomopy"
     assert set(run.targets) >= {run.path("ct", "volume.h5"), run.path("ct", "slabs", "slab_0002.h5")}
+    assert not [t for t in run.targets if "/ct/rows/" in t]          # intermediate: not asked for, deleted
 
 
 def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):
@@ -76,7 +79,7 @@ def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):
     with pytest.raises(StepError, match="ct_slab_0009.*ct.normalize"):   # no producer of the projections
         run.add_job("ct_slab", slab.steps[1:], 9)
     with pytest.raises(StepError, match="unwritten"):
-        run.add_job("ct_slab", [s for s in slab.steps if s["step"] != "ct.save_slab"], 9)
+        run.add_job("ct_slab", [s for s in slab.steps if s["step"] != "ct.recon"], 9)   # it writes the slab
     wrong = plans.Stage("ct", "ct_slab", "pyfai", plans.pipeline_module("ct").SLAB.steps, indexed=True)
     run.stages["ct_slab"] = wrong
     with pytest.raises(StepError, match="ct_slab_0009.*pyfai"):

@@ -140,7 +140,7 @@ def tmpfs(tmp_path):
 
 def test_sigkill_of_a_slab_job_then_the_same_command_resumes_bit_identical(work):
     # sirt makes each slab job last a second or two: long enough to be killed while it runs
-    config = ct_config(work, "kill.yaml", "out_kill", recon={"algorithm": "sirt", "num_iter": 25})
+    config = ct_config(work, "kill.yaml", "out_kill", recon={"algorithm": "sirt", "num_iter": 60})
     reference = run_daisy(work, config)
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = outputs(work / "out_kill")

@@ -3,7 +3,7 @@
     ct_center          (tomopy)  load rows around the centre row -> normalize -> angles -> minus-log
                                  -> stripe -> find centre -> sinogram preview
     ct_slab_NNNN x N   (tomopy)  load slab rows -> normalize -> angles -> minus-log -> stripe
-                                 -> reconstruct with the centre found -> save slab
+                                 -> reconstruct with the centre found, writing the slab as it goes
                                  (+ save.stages: the projections after normalize / minus-log / stripe)
     ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
                                  (+ one stage file per save.stages entry, gathered the same way);
@@ -278,8 +278,9 @@ def plan(run: Run) -> None:
         if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
             steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
                           "outputs": {"png": run.output("ct_slab", "preview", index)}})
-        steps += [{"step": "ct.recon", "params": recon, "inputs": center_input},
-                  {"step": "ct.save_slab", "params": slab_params, "outputs": {"slab": run.output("ct_slab", "slab", index)}}]
+        # ct.recon writes the slab file block by block while it reconstructs (no ct.save_slab)
+        steps.append({"step": "ct.recon", "params": {**recon, **slab_params, "keep_volume": False}, "inputs": center_input,
+                      "outputs": {"slab": run.output("ct_slab", "slab", index)}})
         run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, r1 - r0))
 
     slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(bounds))}

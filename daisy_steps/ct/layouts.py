@@ -508,8 +508,9 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
             raise StepError(f"{label}: rows {r0}:{r1} are outside {where} of {paths.data} (shape {data.shape})")
         rows = (r0, r1)
         r0, r1 = r0 - offset, r1 - offset                       # rows of this file
+        source = str(data.attrs["rows_of"]) if "rows_of" in data.attrs and paths.layout != "stage" else None
         info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape), "stage": stage,
-                "dtype": data.dtype.name}
+                "dtype": data.dtype.name, **({"rows_of": source} if source else {})}
         if paths.entry:
             info["entry"] = paths.entry
         empty = np.empty((0, r1 - r0, data.shape[-1]), dtype=np.float32)

@@ -60,7 +60,9 @@ class Load(Step):
             self.store.put("flat", slab.flat)
             self.store.put("dark", slab.dark)
             self.store.put("raw_dtype", slab.info["dtype"])
-        for key, value in (("rows", slab.rows), ("detector_rows", slab.detector_rows), ("raw_file", str(ref.path))):
+        # a ct.split_rows file names the scan it came from: messages name that scan
+        raw_file = slab.info.get("rows_of", str(ref.path))
+        for key, value in (("rows", slab.rows), ("detector_rows", slab.detector_rows), ("raw_file", raw_file)):
             self.store.put(key, value)
         if slab.theta is not None:
             self.store.put("theta_file", slab.theta)

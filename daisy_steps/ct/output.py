@@ -103,6 +103,29 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
+def slab_dataset(handle, dataset: str, shape, dtype, compression: str, gzip_level: int, data=None):
+    """The NXdata of a slab file (``/entry/recon/data`` unless ``dataset`` names another): one
+    slice per chunk, compressed; filled with ``data`` if given, else written later (ct.recon
+    writes its blocks as they are done)."""
+    handle.attrs["default"] = "entry"
+    entry = nx_group(handle, "/entry", "NXentry")
+    group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
+    group.attrs["signal"] = dataset.rsplit("/", 1)[1]
+    entry.attrs["default"] = group.name.rsplit("/", 1)[1]
+    return group.create_dataset(dataset.rsplit("/", 1)[1], shape=tuple(shape), dtype=dtype, data=data,
+                                chunks=slice_chunks(tuple(shape), np.dtype(dtype).itemsize), track_times=False,
+                                **compression_options(compression, gzip_level))
+
+
+def slab_attributes(dset, rows, detector_rows: int, info: dict) -> None:
+    """``row_offset`` (the slab's first detector row), ``detector_rows`` and the reconstruction settings."""
+    dset.attrs["row_offset"] = int(rows[0])
+    dset.attrs["detector_rows"] = int(detector_rows)
+    for key, value in info.items():
+        if value is not None:
+            dset.attrs[key] = value
+
+
 class SaveSlab(Step):
     """Write the reconstructed slab (``recon``) to HDF5 with its first detector row as attribute
     ``row_offset``; chunked by slice, compressed. Output slot ``slab`` (dataset
@@ -131,19 +154,8 @@ class SaveSlab(Step):
         dataset = ref.dataset or SLAB_DATASET
         with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, data.nbytes,
                          track_order=False) as handle:
-            handle.attrs["default"] = "entry"
-            entry = nx_group(handle, "/entry", "NXentry")
-            group = nx_group(handle, dataset.rsplit("/", 1)[0] or "/", "NXdata")
-            group.attrs["signal"] = dataset.rsplit("/", 1)[1]
-            entry.attrs["default"] = group.name.rsplit("/", 1)[1]
-            dset = group.create_dataset(dataset.rsplit("/", 1)[1], data=data,
-                                        chunks=slice_chunks(data.shape, data.dtype.itemsize), track_times=False,
-                                        **compression_options(p["compression"], p["gzip_level"]))
-            dset.attrs["row_offset"] = int(rows[0])
-            dset.attrs["detector_rows"] = int(self.store.get("detector_rows", rows[1]))
-            for key, value in info.items():
-                if value is not None:
-                    dset.attrs[key] = value
+            dset = slab_dataset(handle, dataset, data.shape, data.dtype, p["compression"], p["gzip_level"], data=data)
+            slab_attributes(dset, rows, int(self.store.get("detector_rows", rows[1])), info)
         self.ctx.results.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
 
 

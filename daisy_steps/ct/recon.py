@@ -11,6 +11,8 @@ from ..core import Step
 from ..errors import StepError
 from ..ports import Port
 from .memory import release, to_sinogram_order, value_range
+from .output import SLAB_DATASET, peak_rss_mib
+from .slab_writer import SlabWriter
 
 ANALYTIC = ("gridrec", "fbp")
 #: every CPU iterative algorithm of tomopy.recon, with the options each takes beyond num_iter
@@ -147,10 +149,14 @@ class Recon(Step):
     Gate: a reconstruction with non-finite values, or values beyond ``max_value_factor`` times
     the largest sinogram value, is computed once more (tomopy.recon leaves its input unchanged);
     a plausible second result completes with a warning, a second failure fails the job.
+
+    Output slot ``slab`` (optional): the slab file (ct.save_slab's layout); with ``keep_volume``
+    false each block of rows goes there while the next is reconstructed
+    (:mod:`daisy_steps.ct.slab_writer`) and ``recon`` is neither held whole nor kept.
     """
 
     name = "ct.recon"
-    version = "1.3.0"
+    version = "1.4.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
@@ -158,16 +164,29 @@ class Recon(Step):
                 "center": Port("float", "rotation centre from ct.find_center earlier in the job (used when "
                                         "neither the field center nor the input slot center is given)",
                                optional=True),
-                "rows": Port("tuple", "(start, stop): the detector rows held (named in messages)", optional=True),
+                "rows": Port("tuple", "(start, stop): the detector rows held (named in messages; with output "
+                                      "slot slab, its first row becomes row_offset)", optional=True),
+                "detector_rows": Port("int", "the detector's total row count (saved with output slot slab)",
+                                      optional=True),
                 "raw_file": Port("path", "the raw file (named in messages)", optional=True)}
-    provides = {"recon": Port("ndarray", "the reconstructed slab, (rows, N, N) float32"),
+    provides = {"recon": Port("ndarray", "the reconstructed slab, (rows, N, N) float32 (not kept when output "
+                                         "slot slab is given: written there as it is reconstructed)"),
                 "recon_info": Port("dict", "algorithm, centre and options used (saved as attributes)")}
     consumes = ("proj",)
+
+    @classmethod
+    def bound_ports(cls, params):
+        requires, provides, consumes = super().bound_ports(params)
+        if params.get("keep_volume") is False:        # written to output slot slab only
+            provides = {k: v for k, v in provides.items() if k != "recon"}
+        return requires, provides, consumes
 
     def execute(self) -> None:
         import tomopy
 
         p = self.params
+        if not p["keep_volume"] and not self.ctx.has_output("slab"):
+            raise StepError(f"{self.name}: keep_volume false needs output slot 'slab' (else the volume is lost)")
         proj = self.store.require("proj")
         theta = self.store.require("theta")
         if proj.dtype != np.float32:
@@ -190,28 +209,55 @@ class Recon(Step):
         sino = to_sinogram_order(proj, self.ctx.threads)
         del proj
         self.store.discard("proj")
-        recon = np.empty((rows, cols, cols), dtype=np.float32)
         block = recon_block(rows, self.ctx.threads)
+        stream = (self.ctx.has_output("slab") and not p["keep_volume"]
+                  and SlabWriter.fits(self.ctx, 4 * rows * cols * cols))
+        writer = SlabWriter(self.name, self.ctx, (rows, cols, cols), block, p["compression"],
+                            p["gzip_level"]) if stream else None
+        recon = None if writer else np.empty((rows, cols, cols), dtype=np.float32)
         warned = []
-        for r0 in range(0, rows, block):
-            part_in, part_out = sino[r0:r0 + block], recon[r0:r0 + block]
-            self._reconstruct(tomopy, part_in, part_out, theta, center, kwargs, bound, r0, warned)
-            release(part_in)
+        try:
+            for r0 in range(0, rows, block):
+                part_in = sino[r0:r0 + block]
+                part_out = writer.buffer(part_in.shape[0]) if writer else recon[r0:r0 + block]
+                self._reconstruct(tomopy, part_in, part_out, theta, center, kwargs, bound, r0, warned)
+                if p["circ_mask_ratio"] is not None:
+                    part_out[...] = tomopy.circ_mask(part_out, axis=0, ratio=p["circ_mask_ratio"],
+                                                     val=p["circ_mask_value"], ncore=self.ctx.threads)
+                if writer:
+                    writer.put(r0, part_out)
+                release(part_in)
+        except BaseException:
+            if writer:
+                writer.abort()
+            raise
         del sino
         if warned:
             self.ctx.warn(f"tomopy.recon ({algorithm}) returned {'; '.join(warned)} on a first call; "
                           f"reconstructed again, the result is plausible")
-        if p["circ_mask_ratio"] is not None:
-            recon = tomopy.circ_mask(recon, axis=0, ratio=p["circ_mask_ratio"], val=p["circ_mask_value"],
-                                     ncore=self.ctx.threads)
-            recon = np.asarray(recon, dtype=np.float32)
         if "num_block" in kwargs:
             kwargs.update(block_order=p["block_order"], block_seed=p["block_seed"])
         info = {"algorithm": algorithm, "center": center, "center_source": source, **_recorded(kwargs),
                 "clip_negative": clip, "circ_mask_ratio": p["circ_mask_ratio"]}
-        self.store.put("recon", recon)
         self.store.put("recon_info", info)
-        self.ctx.results.update(info, shape=list(recon.shape))
+        self.ctx.results.update(info, shape=[rows, cols, cols])
+        if p["keep_volume"]:
+            self.store.put("recon", recon)
+        if not self.ctx.has_output("slab"):
+            return
+        slab_rows = self.store.get("rows", (0, rows))
+        detector_rows = int(self.store.get("detector_rows", slab_rows[1]))
+        if writer:
+            writer.finish(slab_rows, detector_rows, info)
+        else:                                    # too little room to stream: ct.save_slab's way, at the end
+            from .output import hdf5_output, slab_attributes, slab_dataset
+            ref = self.ctx.output("slab")
+            with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, recon.nbytes,
+                             track_order=False) as handle:
+                dset = slab_dataset(handle, ref.dataset or SLAB_DATASET, recon.shape, recon.dtype,
+                                    p["compression"], p["gzip_level"], data=recon)
+                slab_attributes(dset, slab_rows, detector_rows, info)
+        self.ctx.results.update(row_offset=int(slab_rows[0]), written=True, peak_rss_mib=peak_rss_mib())
 
     def _reconstruct(self, tomopy, sino, out, theta, center, kwargs, bound, r0, warned) -> None:
         """Rows ``sino`` (sinogram order) into ``out`` (a view of the volume), checked by the gate:
@@ -222,9 +268,11 @@ class Recon(Step):
         def reconstruct():
             if algorithm != "gridrec":
                 out[...] = np.float32(1e-6)          # tomopy's own start value (gridrec overwrites all)
-            tomopy.recon(sino, theta, center=center, algorithm=algorithm, sinogram_order=True,
-                         ncore=self.ctx.threads, nchunk=recon_chunk(sino.shape[0], self.ctx.threads),
-                         init_recon=out, **kwargs)
+            result = tomopy.recon(sino, theta, center=center, algorithm=algorithm, sinogram_order=True,
+                                  ncore=self.ctx.threads, nchunk=recon_chunk(sino.shape[0], self.ctx.threads),
+                                  init_recon=out, **kwargs)
+            if not np.shares_memory(result, out):     # tomopy fills init_recon; copy if it ever does not
+                out[...] = result
             if algorithm == "gridrec":
                 blank_gridrec_edges(out)
 

@@ -17,6 +17,9 @@ from ..errors import StepError
 from ..ports import Port
 from .layouts import (KEY_DARK, KEY_FLAT, KEY_PROJECTION, READ_BLOCK_BYTES, _field_stacks,
                       _image_key_selection, _read_angles, get_dataset, resolve_paths)
+from .output import free_bytes, writing
+
+PART_METADATA_BYTES = 64 << 10
 
 
 class SplitRows(Step):
@@ -59,48 +62,56 @@ class SplitRows(Step):
                 if paths.layout == "nxtomo":
                     theta = theta[kind == KEY_PROJECTION] if theta.size == frames else theta
             counts = {k: int(np.count_nonzero(kind == k)) for k in (KEY_PROJECTION, KEY_FLAT, KEY_DARK)}
-            counts[KEY_FLAT] += len(fields.get(KEY_FLAT, ()))
-            counts[KEY_DARK] += len(fields.get(KEY_DARK, ()))
+            for key, stack in fields.items():                        # a 2D flat or dark is one frame
+                counts[key] += stack.shape[0] if stack.ndim == 3 else 1
             names = {KEY_PROJECTION: "tomo", KEY_FLAT: "flat", KEY_DARK: "dark"}
             per_frame = rows * cols * data.dtype.itemsize
             step = p["frames_per_read"] or max(1, READ_BLOCK_BYTES // per_frame)
+            first = self.ctx.final_output(next(iter(parts))).path
+            needed = sum((r1 - r0) for r0, r1 in parts.values()) * cols * data.dtype.itemsize * sum(counts.values()) \
+                + PART_METADATA_BYTES * len(parts)
+            free = free_bytes(self.ctx.output(next(iter(parts))).path.parent)
+            if free < needed:                  # refused before writing: HDF5 does not recover from a full disk
+                raise StepError(f"{self.name}: cannot write {first} and the other row files: no space left on the "
+                                f"device ({needed / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free)")
             buffer = np.empty((min(step, frames), rows, cols), dtype=data.dtype)
             files, written = {}, 0
-            try:
-                for slot, (r0, r1) in parts.items():
-                    out = h5py.File(self.ctx.output(slot).path, "w")
-                    files[slot] = out
-                    for key, name in names.items():
-                        out.create_dataset(f"/entry/{name}", shape=(counts[key], r1 - r0, cols), dtype=data.dtype)
-                    tomo = out["/entry/tomo"]
-                    tomo.attrs.update(row_offset=r0, detector_rows=rows, rows_of=label, source_dataset=paths.data,
-                                      source_layout=paths.layout)
-                    if theta is not None:
-                        out.create_dataset("/entry/angles", data=theta).attrs["units"] = "rad"
-                position = {k: 0 for k in names}
-                for key, stack in fields.items():                    # separate flat / dark datasets (small)
-                    values = np.asarray(stack[()])
-                    values = values[np.newaxis] if values.ndim == 2 else values
+            with writing(self.name, first):          # an OSError names the file and the reason
+                try:
                     for slot, (r0, r1) in parts.items():
-                        files[slot][f"/entry/{names[key]}"][:values.shape[0]] = values[:, r0:r1]
-                    position[key] = values.shape[0]
-                for f0 in range(0, frames, step):
-                    n = min(step, frames - f0)
-                    data.read_direct(buffer, np.s_[f0:f0 + n], np.s_[0:n])
-                    block_kind = kind[f0:f0 + n]
-                    for key in names:
-                        take = np.flatnonzero(block_kind == key)
-                        if take.size == 0:
-                            continue
-                        frames_of = buffer[take] if take.size != n else buffer[:n]
-                        at = position[key]
+                        out = h5py.File(self.ctx.output(slot).path, "w")
+                        files[slot] = out
+                        for key, name in names.items():
+                            out.create_dataset(f"/entry/{name}", shape=(counts[key], r1 - r0, cols), dtype=data.dtype)
+                        tomo = out["/entry/tomo"]
+                        tomo.attrs.update(row_offset=r0, detector_rows=rows, rows_of=label, source_dataset=paths.data,
+                                          source_layout=paths.layout)
+                        if theta is not None:
+                            out.create_dataset("/entry/angles", data=theta).attrs["units"] = "rad"
+                    position = {k: 0 for k in names}
+                    for key, stack in fields.items():                    # separate flat / dark datasets (small)
+                        values = np.asarray(stack[()])
+                        values = values[np.newaxis] if values.ndim == 2 else values
                         for slot, (r0, r1) in parts.items():
-                            files[slot][f"/entry/{names[key]}"][at:at + take.size] = frames_of[:, r0:r1]
-                        position[key] += take.size
-                    written += n * per_frame
-            finally:
-                for out in files.values():
-                    out.close()
+                            files[slot][f"/entry/{names[key]}"][:values.shape[0]] = values[:, r0:r1]
+                        position[key] = values.shape[0]
+                    for f0 in range(0, frames, step):
+                        n = min(step, frames - f0)
+                        data.read_direct(buffer, np.s_[f0:f0 + n], np.s_[0:n])
+                        block_kind = kind[f0:f0 + n]
+                        for key in names:
+                            take = np.flatnonzero(block_kind == key)
+                            if take.size == 0:
+                                continue
+                            frames_of = buffer[take] if take.size != n else buffer[:n]
+                            at = position[key]
+                            for slot, (r0, r1) in parts.items():
+                                files[slot][f"/entry/{names[key]}"][at:at + take.size] = frames_of[:, r0:r1]
+                            position[key] += take.size
+                        written += n * per_frame
+                finally:
+                    for out in files.values():
+                        out.close()
         row_bytes = sum((r1 - r0) for r0, r1 in parts.values()) * cols * data.dtype.itemsize
         self.ctx.results.update(bytes_read=int(written + sum(s.size * s.dtype.itemsize for s in fields.values())),
                                 bytes_written=int(row_bytes * sum(counts.values())), frames=int(frames),

@@ -1,0 +1,90 @@
+"""Writing a reconstructed slab while it is reconstructed (ct.recon with output slot ``slab``).
+
+ct.recon hands each block of rows, once it passes the gate, to a writer thread that puts it in
+the slab file (the layout of ct.save_slab) while the next block is reconstructed: the file is
+written during the computation, not after it, the page cache flushes it as it goes, and the job
+never holds the whole volume. Blocks travel in a few reused buffers. Where the disk has less room
+than the slab, the caller keeps the volume and writes it at the end instead (HDF5 cannot recover
+from a full disk mid-file; ct.save_slab's fallback then applies).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import h5py
+import numpy as np
+
+from ..errors import StepError
+from .output import METADATA_BYTES, SLAB_DATASET, free_bytes, os_reason, slab_attributes, slab_dataset
+
+BUFFERS = 3
+
+
+class SlabWriter:
+    """A slab file filled block by block from a thread; ``buffer(n)`` gives a free block buffer,
+    ``put(r0, block)`` queues it, ``finish(info)`` writes the attributes and closes."""
+
+    def __init__(self, step: str, ctx, shape: tuple[int, int, int], block: int, compression: str,
+                 gzip_level: int) -> None:
+        self.step, self.final = step, ctx.final_output("slab").path
+        ref = ctx.output("slab")
+        self.handle = h5py.File(ref.path, "w", track_order=False)
+        self.dset = slab_dataset(self.handle, ref.dataset or SLAB_DATASET, shape, np.float32, compression, gzip_level)
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(BUFFERS):
+            self.free.put(np.empty((block, shape[1], shape[2]), dtype=np.float32))
+        self.full: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="daisy-slab-writer", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def fits(ctx, nbytes: int) -> bool:
+        """Whether the output's file system has room for the slab (else: write it at the end)."""
+        return free_bytes(ctx.output("slab").path.parent) >= nbytes + METADATA_BYTES
+
+    def buffer(self, rows: int) -> np.ndarray:
+        self._check()
+        return self.free.get()[:rows]
+
+    def put(self, r0: int, block: np.ndarray) -> None:
+        self._check()
+        self.full.put((r0, block))
+
+    def _write(self) -> None:
+        while (item := self.full.get()) is not None:
+            r0, block = item
+            try:
+                if self.error is None:
+                    self.dset[r0:r0 + block.shape[0]] = block
+            except BaseException as exc:       # reported to the step by _check / finish
+                self.error = exc
+            self.free.put(block.base if block.base is not None else block)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            self.abort()
+            exc = self.error
+            reason = os_reason(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            raise StepError(f"{self.step}: cannot write {self.final}: {reason}") from None
+
+    def finish(self, rows, detector_rows: int, info: dict) -> None:
+        self.full.put(None)
+        self.thread.join()
+        self._check()
+        try:
+            slab_attributes(self.dset, rows, detector_rows, info)
+            self.handle.close()
+        except OSError as exc:
+            raise StepError(f"{self.step}: cannot write {self.final}: {os_reason(exc)}") from None
+
+    def abort(self) -> None:
+        """Stop the thread and close the file (the job runner removes the temporary)."""
+        if self.thread.is_alive():
+            self.full.put(None)
+            self.thread.join()
+        try:
+            self.handle.close()
+        except Exception:  # noqa: BLE001 - closing a failed file is best effort
+            pass
