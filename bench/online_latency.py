@@ -12,11 +12,15 @@ generated once in the pyfai image, then written by ``daisy.online.simulate.play_
 
 ``--rates 10,15,20`` runs one scan per rate and reports the highest rate whose backlog does not
 grow (latency p95 below 1 s and the last quarter's p50 within 2x of the first quarter's).
-``--ct``: a phantom scan written at ``--ct-rate`` Hz and watched; the quick-look delay after the
-last projection and its centre against the offline pipeline's (``daisy run ct``).
+``--ct``: a phantom scan (or, ``--ct-source``, an existing raw scan replayed frame by frame)
+written at ``--ct-rate`` Hz (0: as fast as the writer can) and watched; the quick-look delay after
+the last projection, where that time went, and its centre against the offline pipeline's
+(``daisy run ct``; ``--ct-offline center``: only its centre job).
 
     python3 bench/online_latency.py --rate 10 --seconds 60            # the figures for the lead
     python3 bench/online_latency.py --rates 10,15,20 --seconds 20 --ct
+    python3 bench/online_latency.py --no-xrd --ct --ct-source /work/bench-data/ct-1500x1024x1024.h5 \
+        --ct-rate 0 --ct-offline center                                # CT at full size
 Prints a table and writes ``<workdir>/online_latency.json``.
 """
 
@@ -145,14 +149,22 @@ def sustained(row: dict) -> bool:
             and row["last_quarter_p50_s"] <= 2 * max(row["first_quarter_p50_s"], 0.05))
 
 
-def run_ct(work: Path, size: int, angles: int, rate: float) -> dict:
+def run_ct(work: Path, size: int, angles: int, rate: float, source: str | None = None,
+           offline_target: str = "full") -> dict:
     from daisy.online import simulate
 
     out = work / "ct"
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
     data = out / "data"
-    source = simulate.generate_ct(work / "stage-ct", size, angles, seed=0)
+    if source:   # replay an existing raw scan (bench/make_ct_data.py's full-size one)
+        import h5py
+
+        with h5py.File(source, "r") as handle:
+            angles, size = int(handle["/exchange/data"].shape[0]), list(handle["/exchange/data"].shape[1:])
+        source = Path(source)
+    else:
+        source = simulate.generate_ct(work / "stage-ct", size, angles, seed=0)
     scan = "ct_00001"
     data.mkdir(parents=True)
     simulate.write_config(data / f"{scan}.yaml", simulate.ct_config(data, scan, str(out / "results")))
@@ -162,22 +174,38 @@ def run_ct(work: Path, size: int, angles: int, rate: float) -> dict:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while not (folder / "live.json").exists():
         time.sleep(0.1)
+    load_before = os.getloadavg()
+    started = time.time()
     simulate.play_ct(source, data, scan, rate)
+    played = time.time() - started
     text, _ = watch.communicate(timeout=600)
     if watch.returncode:
         raise SystemExit(f"watch ct failed: {text[-2000:]}")
+    load_after = os.getloadavg()
     quick = json.loads((folder / "quicklook" / "quicklook.json").read_text())
+    center_file = out / "results" / "ct" / "center.json"
     started = time.monotonic()
-    proc = subprocess.run([PY, "-m", "daisy", "run", "ct", "--config", str(data / f"{scan}.yaml")], cwd=out,
-                          capture_output=True, text=True)
+    # "center": only the offline centre job (its ct/center.json), not the whole volume
+    target = ["--", "--until", "ct_center", "--printshellcmds"] if offline_target == "center" else []
+    proc = None
+    if offline_target != "none":
+        proc = subprocess.run([PY, "-m", "daisy", "run", "ct", "--config", str(data / f"{scan}.yaml"), *target],
+                              cwd=out, capture_output=True, text=True)
     offline_seconds = time.monotonic() - started
-    offline = json.loads((out / "results" / "ct" / "center.json").read_text())["center"] if proc.returncode == 0 else None
+    offline = json.loads(center_file.read_text())["center"] if center_file.exists() else None
+    if offline is None and proc is not None:
+        print(f"  offline run failed: {(proc.stdout + proc.stderr)[-1500:]}", flush=True)
     import h5py
 
     with h5py.File(data / f"{scan}.h5", "r") as handle:
         truth = float(handle["truth"].attrs["center"]) if "truth" in handle else None
-    return {"size": size, "angles": angles, "rate_hz": rate, "quicklook_delay_s": quick["seconds_after_last"],
-            "reconstruct_s": quick["seconds_reconstructing"], "center_online": quick["center"],
+    return {"size": size, "angles": angles, "rate_hz": rate, "source": str(source), "seconds_played": round(played, 1),
+            "writer_rate_hz": round(angles / played, 1), "quicklook_delay_s": quick["seconds_after_last"],
+            "reconstruct_s": quick["seconds_reconstructing"], "after_last_s": quick.get("timings"),
+            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
+            "center_online": quick["center"], "center_first": quick.get("first", {}).get("center"),
+            "center_first_method": quick.get("first", {}).get("method"),
+            "final_quicklook_s": quick.get("final", {}).get("seconds_after_last"),
             "center_offline": offline, "center_true": truth,
             "center_estimates": [{k: e[k] for k in ("projections", "center")} for e in quick["center_estimates"]],
             "offline_pipeline_s": round(offline_seconds, 1)}
@@ -196,7 +224,12 @@ def main() -> int:
     parser.add_argument("--ct", action="store_true", help="also the CT quick-look")
     parser.add_argument("--ct-size", type=int, default=128)
     parser.add_argument("--ct-angles", type=int, default=361)
-    parser.add_argument("--ct-rate", type=float, default=50.0)
+    parser.add_argument("--ct-rate", type=float, default=50.0, help="0: as fast as the writer can")
+    parser.add_argument("--ct-source", help="replay this Data Exchange raw scan instead of a phantom "
+                                            "(e.g. /work/bench-data/ct-1500x1024x1024.h5 from bench/make_ct_data.py)")
+    parser.add_argument("--ct-offline", choices=("full", "center", "none"), default="full",
+                        help="the offline run compared with: the whole pipeline, only its centre job, or none")
+    parser.add_argument("--ct-repeat", type=int, default=1, help="CT scans watched (the offline run after the first)")
     parser.add_argument("--no-xrd", action="store_true")
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -220,9 +253,18 @@ def main() -> int:
         ok = [r["rate_hz"] for r in rows if r["sustained"]]
         report["highest_sustained_rate_hz"] = max(ok) if ok else None
     if args.ct:
-        print(f"CT: {args.ct_angles} projections of a {args.ct_size}^3 phantom at {args.ct_rate:g} Hz ...", flush=True)
-        report["ct"] = run_ct(work, args.ct_size, args.ct_angles, args.ct_rate)
-        print("  " + json.dumps(report["ct"]), flush=True)
+        what = args.ct_source or f"{args.ct_angles} projections of a {args.ct_size}^3 phantom"
+        print(f"CT: {what} at {args.ct_rate:g} Hz ...", flush=True)
+        runs = []
+        for i in range(args.ct_repeat):   # the offline centre once: it does not change
+            runs.append(run_ct(work, args.ct_size, args.ct_angles, args.ct_rate, args.ct_source,
+                               args.ct_offline if i == 0 else "none"))
+            print("  " + json.dumps(runs[-1]), flush=True)
+        report["ct"] = {**runs[0], "runs": len(runs), "quicklook_delays_s": [r["quicklook_delay_s"] for r in runs],
+                        "quicklook_delay_p50_s": pct([r["quicklook_delay_s"] for r in runs], 50),
+                        "writer_rates_hz": [r["writer_rate_hz"] for r in runs],
+                        "centers_online": [r["center_online"] for r in runs],
+                        "centers_first": [r["center_first"] for r in runs]}
     (work / "online_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nreport: {work / 'online_latency.json'}")
     for row in report.get("xrd", []):
@@ -231,8 +273,9 @@ def main() -> int:
               f"{'sustained' if row['sustained'] else 'NOT sustained'}")
     if "ct" in report:
         c = report["ct"]
-        print(f"CT quick-look {c['quicklook_delay_s']} s after the last projection; centre online {c['center_online']} "
-              f"offline {c['center_offline']} true {c['center_true']}")
+        print(f"CT quick-look {c['quicklook_delays_s']} s after the last projection (p50 {c['quicklook_delay_p50_s']} s; "
+              f"writer {c['writer_rates_hz']} Hz); centre first {c['centers_first']}, online (offline chain) "
+              f"{c['centers_online']}, offline {c['center_offline']}, true {c['center_true']}")
     return 0
 
 

@@ -36,7 +36,7 @@ def register_cli(subparsers) -> None:
                     "does, at --rate Hz, with a per-frame 'fully written' log (<scan>_written.jsonl), an "
                     "end-of-scan marker (<scan file>.done) and a config to watch it (<scan>.yaml).")
     s.add_argument("kind", choices=("xrd", "ct"))
-    s.add_argument("--rate", type=float, required=True, help="frames per second")
+    s.add_argument("--rate", type=float, required=True, help="frames per second (0: as fast as it can)")
     s.add_argument("--out", required=True, help="folder to write the scan into")
     s.add_argument("--frames", type=int, help="XRD: frames to write (default 50)")
     s.add_argument("--unique", type=int, default=20, help="XRD: distinct frames generated, then repeated (default 20)")
@@ -46,6 +46,7 @@ def register_cli(subparsers) -> None:
     s.add_argument("--mode", choices=("swmr", "plain"), default="swmr", help="XRD: SWMR writer or plain appends")
     s.add_argument("--size", type=int, default=64, help="CT: phantom size (detector columns ~1.4x)")
     s.add_argument("--angles", type=int, default=128, help="CT: projections over 180 degrees")
+    s.add_argument("--source", help="CT: replay this raw scan (Data Exchange layout) frame by frame instead of a phantom")
     s.add_argument("--scan", help="scan name (default scan_00001 / ct_00001)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--outdir", help="outdir of the config written beside the scan (default results/<scan>)")
@@ -71,7 +72,7 @@ def cmd_simulate(args) -> int:
 
     scan = simulate(args.kind, Path(args.out), args.rate, frames=args.frames, unique=args.unique, binning=args.binning,
                     frames_per_file=args.frames_per_file, layout=args.layout, mode=args.mode, scan=args.scan,
-                    size=args.size, angles=args.angles, seed=args.seed, outdir=args.outdir,
+                    size=args.size, angles=args.angles, seed=args.seed, outdir=args.outdir, source=args.source,
                     progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"daisy simulate: done: {scan}", file=sys.stderr)
     return 0

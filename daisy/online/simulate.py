@@ -12,7 +12,10 @@ file writer would, so that only the timing is simulated.
   growing ``/entry/data/data`` (and ``<scan>_mask.h5``, a user mask). ``mode swmr``: the writer keeps
   the file open in SWMR mode and flushes each frame; ``mode plain``: it opens, appends, closes.
 - CT: ``<scan>.h5`` in the Data Exchange layout: darks, flats and the angles first, then
-  ``/exchange/data`` grows projection by projection (SWMR).
+  ``/exchange/data`` grows projection by projection (SWMR). The projections are a phantom made
+  by ``sample.ct_phantom``, or (``source``) those of an existing Data Exchange raw scan, replayed
+  frame by frame (e.g. bench/make_ct_data.py's 1500 x 1024 x 1024 scan: too big for a phantom).
+  ``rate`` 0 writes as fast as it can.
 
 Beside the scan: ``<scan>_written.jsonl``, one line ``{"frame": k, "t": unix time}`` per frame,
 appended once the frame is flushed (the "fully written" time latency is measured from), and at the
@@ -256,9 +259,10 @@ def write_config(path: Path, cfg: dict) -> Path:
 def simulate(kind: str, out: Path, rate: float, frames: int | None = None, unique: int = 20, binning: int = 1,
              frames_per_file: int = 100, layout: str = "eiger", mode: str = "swmr", scan: str | None = None,
              size: int = 64, angles: int = 128, seed: int = 0, outdir: str | None = None,
-             progress=print, ready=None) -> Path:
+             progress=print, ready=None, source: Path | None = None) -> Path:
     """Generate (in the image) and play a scan; returns the scan file. ``ready`` is called once
-    the config is written and before the first frame."""
+    the config is written and before the first frame. CT with ``source``: replay that raw scan
+    (Data Exchange layout) frame by frame instead of generating a phantom."""
     out = Path(out)
     stage = out / ".daisy-simulate"
     if kind == "xrd":
@@ -270,8 +274,16 @@ def simulate(kind: str, out: Path, rate: float, frames: int | None = None, uniqu
         progress(f"daisy simulate: writing {frames} frames at {rate} Hz into {out} ({layout}, {mode}); config {config}")
         return play_xrd(source, out, scan, frames, rate, frames_per_file, layout, mode, progress, ready)
     scan = scan or "ct_00001"
-    progress(f"daisy simulate: making a {size}^3 phantom scan, {angles} projections, in the tomopy image")
-    source = generate_ct(stage, size, angles, seed)
+    if source is None:
+        progress(f"daisy simulate: making a {size}^3 phantom scan, {angles} projections, in the tomopy image")
+        source = generate_ct(stage, size, angles, seed)
+    else:
+        source = Path(source)
+        with h5py.File(source, "r") as handle:
+            if "/exchange/data" not in handle:
+                raise ValueError(f"{source}: no /exchange/data: --source replays a Data Exchange raw scan")
+            angles = int(handle["/exchange/data"].shape[0])
+        progress(f"daisy simulate: replaying {source} ({angles} projections)")
     config = write_config(out / f"{scan}.yaml", ct_config(out, scan, outdir or f"results/{scan}"))
     progress(f"daisy simulate: writing {angles} projections at {rate} Hz into {out}; config {config}")
     return play_ct(source, out, scan, rate, progress, ready)

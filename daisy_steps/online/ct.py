@@ -8,19 +8,33 @@ as daisy/pipelines/ct.py chooses them) and ``quicklook_rows`` rows spread over t
 - As soon as the projections cover 180° (angles from the file, or ``ct.angles``' range with the
   expected count), the offline centre chain runs on the centre rows, in memory, with the same
   step classes and parameters: ``ct.normalize -> ct.angles -> ct.minus_log -> ct.stripe ->
-  ct.find_center``: a first centre for the live page.
-- After the last projection: the same chain on every projection (exactly the offline centre
-  job's input, hence its centre), then ``ct.normalize -> ... -> ct.recon`` with that centre on the
-  kept rows: the quick-look ``quicklook/{xy,xz,yz}.png`` (xy: the middle detector row; xz and yz
-  through the middle of the volume, one line per kept row, stretched to the detector's rows),
-  ``quicklook/quicklook.h5`` (the reconstructed rows) and ``quicklook/quicklook.json`` (the
-  centre used, its estimates, the delay after the last projection).
+  ct.find_center``, in a thread beside the reading (a Vo search at 1500 x 1024 takes ~45 s on two
+  cores): a first centre for the live page.
+- After the last projection, first the quick-look, with the centre at hand: the 180° estimate if
+  it is ready, else (a 180° scan: 180° are in only at the last projection) the phase correlation
+  of the first projection and its mirror image, the projection nearest 180° later
+  (``tomopy.find_center_pc``, a fraction of a second; used only inside ``ct.find_center``'s
+  search range), else the offline centre. ``ct.normalize -> ... -> ct.recon`` with that centre
+  on the kept rows (``ct.normalize`` and ``ct.minus_log`` already run on them in blocks of
+  ``PREP_BLOCK`` projections while the scan went on: both work projection by projection, so the
+  numbers are the same; on any warning of a block, the whole chain at the end) gives
+  ``quicklook/{xy,xz,yz}.png`` (xy: the middle detector row; xz and yz through the middle of the
+  volume, one line per kept row, stretched to the detector's rows) and
+  ``quicklook/quicklook.json`` (the centre used and how it was found, every estimate, the delay
+  after the last projection and where it went), then ``quicklook/quicklook.h5`` (the
+  reconstructed rows).
+- Then the centre chain on every projection (exactly the offline centre job's input, hence its
+  centre); if it differs from the first one, the quick-look is made again with it. The final
+  ``quicklook.json``: ``center`` is the offline centre, ``first`` the first quick-look's,
+  ``final`` when the offline one was there.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -36,6 +50,8 @@ from .live import LiveState, now_iso
 from .runner import EXIT_STOPPED, Ending, Watch, input_path
 
 PREPARE = ["ct.normalize", "ct.angles", "ct.minus_log", "ct.stripe"]
+#: projections normalized and minus-logged together while the scan runs (quick-look rows)
+PREP_BLOCK = 100
 
 
 class CTFollower:
@@ -163,6 +179,67 @@ def main(job_path, quiet: bool = False) -> int:
         watch.run_chain([*PREPARE, "ct.find_center"], store, params, record=final)
         return float(store["center"])
 
+    # the 180-degree estimate runs beside the reading (a full-size Vo search takes tens of seconds)
+    partial: dict = {}
+
+    def partial_center(count: int) -> None:
+        clock = time.perf_counter()
+        try:
+            center = find_center(count, final=False)
+        except Exception as exc:  # noqa: BLE001  reported; the final estimate follows anyway
+            partial["error"] = f"{type(exc).__name__}: {exc}"
+            state.warn(f"centre from the first 180 degrees failed: {exc}")
+            return
+        partial["center"] = center
+        estimates.append({"projections": count, "center": center, "at": now_iso(),
+                          "seconds": round(time.perf_counter() - clock, 3), "method": "vo, first 180 degrees"})
+        state.set(center=center, message=f"centre {center:.2f} px from the first 180 degrees")
+        state.write(force=True)
+
+    partial_thread = None
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daisy-ct-prepare")
+    # the quick-look rows normalized and minus-logged block by block as the projections land
+    # (both are per-projection: the same numbers as on the whole stack); the stripe removal, which
+    # needs whole sinograms, runs at the end. Any warning or failure of a block (a gate that counts
+    # over the whole stack could decide otherwise): the whole chain at the end instead.
+    prep = {"ok": True, "done": 0, "queued": 0, "pending": [], "blocks": [],
+            "flat": follower.flat[:, sampled].copy(), "dark": follower.dark[:, sampled].copy()}
+
+    def prepare_block(stop: int) -> None:
+        if not prep["ok"] or stop <= prep["done"]:
+            return
+        store = DataStore(proj=np.stack(keep_q[prep["done"]:stop]), flat=prep["flat"].copy(),
+                          dark=prep["dark"].copy(), rows=(0, rows), detector_rows=rows, raw_file=raw)
+        try:
+            steps = watch.run_chain(["ct.normalize", "ct.minus_log"], store, record=False)
+        except StepError as exc:
+            log.info("quick-look rows prepared on the whole stack at the end (a block: %s)", exc)
+            prep["ok"] = False
+            return
+        if any(step.ctx.warnings for step in steps.values()):
+            prep["ok"] = False
+            return
+        if expected is not None and stop <= expected:   # straight into the stack the recon takes
+            if "out" not in prep:
+                prep["out"] = np.empty((expected, len(sampled), cols), np.float32)
+            prep["out"][prep["done"]:stop] = store["proj"]
+        else:
+            prep["blocks"].append(store["proj"])
+        prep["done"] = stop
+    # the first projection and the one nearest it + 180 degrees (mirror images): a quick centre
+    # by phase correlation when the 180-degree estimate is not ready at the end (a 180-degree scan)
+    first_frame = flat_full = dark_full = None
+    mirror: dict = {}
+
+    def mirror_candidate(count: int) -> bool:
+        """Is projection ``count - 1`` within 1.5 angular steps of the first one + 180 degrees?"""
+        theta = theta_for(count)
+        if theta is None or count < 2:
+            return False
+        span = abs(float(theta[-1] - theta[0]))
+        step = span / (count - 1)
+        return step > 0 and abs(span - np.pi) <= 1.5 * step
+
     try:
         while True:
             if watch.stop.is_set():
@@ -170,22 +247,33 @@ def main(job_path, quiet: bool = False) -> int:
                 break
             if not ending.count_reached(next_index) and follower.data.read(next_index, frame):
                 keep_c.append(frame[c0:c1].copy())
-                keep_q.append(frame[sampled].copy())
+                keep_q.append(frame[sampled])
                 last_read = time.time()
                 state.frames_done([next_index], last_read)
+                if next_index == 0:
+                    first_frame = frame.copy()
+                    flat_full = follower.flat.astype(np.float32).mean(axis=0)
+                    dark_full = follower.dark.astype(np.float32).mean(axis=0)
                 next_index += 1
                 ending.progressed()
                 theta = theta_for(next_index)
-                # 180 degrees are in when the angles covered, one angular step included, reach pi (at the
-                # last projection the final estimate follows at once: no partial one then)
-                if (not estimates and theta is not None and next_index > 2 and next_index != expected
-                        and float(theta[-1] - theta[0]) * next_index / (next_index - 1) >= np.pi * (1 - 1e-3)):
-                    clock = time.perf_counter()
-                    center = find_center(next_index, final=False)
-                    estimates.append({"projections": next_index, "center": center, "at": now_iso(),
-                                      "seconds": round(time.perf_counter() - clock, 3)})
-                    state.set(center=center, message=f"centre {center:.2f} px from the first 180 degrees")
-                    state.write(force=True)
+                if next_index > 1 and mirror_candidate(next_index):
+                    off = abs(abs(float(theta[-1] - theta[0])) - np.pi)
+                    if off < mirror.get("off", np.inf):
+                        mirror.update(off=off, index=next_index - 1, frame=frame.copy())
+                if theta is not None and next_index > 1:
+                    step = abs(float(theta[-1] - theta[0])) / (next_index - 1)
+                    # 180 degrees are in when the angles covered, one angular step included, reach
+                    # pi within half a step (at the last projection the final estimate follows: no
+                    # partial one then)
+                    if (partial_thread is None and next_index > 2 and next_index != expected
+                            and abs(float(theta[-1] - theta[0])) + step >= np.pi - 0.5 * step):
+                        partial_thread = threading.Thread(target=partial_center, args=(next_index,),
+                                                          name="daisy-ct-centre", daemon=True)
+                        partial_thread.start()
+                if next_index - prep["queued"] >= PREP_BLOCK and next_index != expected:
+                    prep["queued"] = next_index
+                    prep["pending"].append(preparer.submit(prepare_block, next_index))
                 state.write()
                 if state.view_due(1.0):
                     _sinogram(live_dir / "sinogram.png", keep_c, (c0 + c1) // 2 - c0, flat_avg, dark_avg)
@@ -203,7 +291,11 @@ def main(job_path, quiet: bool = False) -> int:
                 break
             time.sleep(float(online["poll"]))
     finally:
+        read_end = time.time()
         follower.data.close()
+        for future in prep["pending"]:
+            future.result()
+        preparer.shutdown()
     if end_reason == "stopped":
         state.set(status="stopped", message="stopped; run daisy watch again to start the scan's quick-look again")
         state.write(force=True)
@@ -214,54 +306,174 @@ def main(job_path, quiet: bool = False) -> int:
         state.write(force=True)
         raise StepError(f"{raw}: only {next_index} projections arrived ({end_reason})")
 
-    # -- after the last projection: the offline centre, then the quick-look ------------------
+    # -- after the last projection: a first quick-look with the centre at hand, then the offline
+    # centre (every projection: exactly the offline centre job's input) and, if it differs, the
+    # quick-look again with it -------------------------------------------------------------------
     state.set(message="reconstructing the quick-look")
     state.write(force=True)
     clock = time.perf_counter()
-    center = find_center(next_index, final=True)
-    estimates.append({"projections": next_index, "center": center, "at": now_iso(),
-                      "seconds": round(time.perf_counter() - clock, 3), "final": True})
-    store = DataStore(proj=np.stack(keep_q), flat=follower.flat[:, sampled].copy(), dark=follower.dark[:, sampled].copy(),
-                      rows=(0, rows), detector_rows=rows, raw_file=raw)
-    if follower.theta is not None:
-        store["theta_file"] = follower.theta[:next_index]
-    watch.run_chain([*PREPARE, "ct.recon"], store, {"ct.recon": {**recon_params, "center": center}})
-    recon = store["recon"]
-    n = recon.shape[-1]
-    nearest = np.abs(np.arange(rows)[:, None] - np.asarray(sampled)[None, :]).argmin(axis=1)
-    slices = {"xy": recon[sampled.index(rows // 2)], "xz": recon[nearest, n // 2, :], "yz": recon[nearest, :, n // 2]}
-    for name, image in slices.items():
-        write_png(quick / f"{name}.png", to_uint8(image))
-    with h5py.File(quick / ".quicklook.h5.part", "w") as handle:
-        d = handle.create_dataset("recon", data=recon, compression="gzip")
-        d.attrs.update({"rows": np.asarray(sampled), "center": center, "long_name": "reconstructed detector rows"})
-    (quick / ".quicklook.h5.part").replace(quick / "quicklook.h5")
     written = state.written.get(next_index - 1)
+    timings: dict = {"behind_s": round(read_end - (written or last_read), 3),
+                     "prepare_wait_s": round(time.time() - read_end, 3)}
+    first_center, first_method = None, None
+    if find_params["method"] == "manual":
+        first_center, first_method = float(find_params["center"]), "manual"
+    elif "center" in partial:
+        first_center, first_method = partial["center"], "vo, first 180 degrees"
+    elif first_frame is not None and "frame" in mirror:
+        tick = time.perf_counter()
+        first_center = _mirror_center(first_frame, mirror["frame"], flat_full, dark_full, find_params, cols)
+        timings["mirror_center_s"] = round(time.perf_counter() - tick, 3)
+        if first_center is not None:
+            first_method = f"phase correlation of projections 0 and {mirror['index']} (mirror images)"
+            estimates.append({"projections": next_index, "center": first_center, "at": now_iso(),
+                              "seconds": timings["mirror_center_s"], "method": first_method})
+    if first_center is None:    # no quick centre: the offline one first
+        first_center = find_center(next_index, final=True)
+        first_method = "vo, every projection (the offline centre job's)"
+        timings["center_s"] = round(time.perf_counter() - clock, 3)
+        estimates.append({"projections": next_index, "center": first_center, "at": now_iso(),
+                          "seconds": timings["center_s"], "final": True, "method": first_method})
+    info = {"center": first_center, "center_method": first_method, "center_estimates": estimates,
+            "center_rows": [c0, c1], "rows": sampled, "projections": next_index, "end_reason": end_reason,
+            "slices": {"xy": "xy.png", "xz": "xz.png", "yz": "yz.png"}, "last_projection_written": written,
+            "last_projection_read": last_read}
+    tick = time.perf_counter()
+    prepare_block(next_index)
+    timings["last_block_s"] = round(time.perf_counter() - tick, 3)
+    recon = _quicklook(watch, quick, keep_q, prep, follower, sampled, rows, raw, next_index, recon_params,
+                       first_center, timings)
     ready = time.time()
-    info = {"center": center, "center_estimates": estimates, "center_rows": [c0, c1], "rows": sampled,
-            "projections": next_index, "end_reason": end_reason, "slices": {k: f"{k}.png" for k in slices},
-            "last_projection_written": written, "last_projection_read": last_read, "quicklook_ready": ready,
-            "seconds_after_last": round(ready - (written or last_read), 3),
-            "seconds_reconstructing": round(time.perf_counter() - clock, 3)}
-    (quick / "quicklook.json").write_text(json.dumps(info, indent=2) + "\n")
+    info.update(quicklook_ready=ready, seconds_after_last=round(ready - (written or last_read), 3),
+                seconds_reconstructing=round(time.perf_counter() - clock, 3), timings=timings,
+                first={"center": first_center, "method": first_method})
+    _write_json(quick / "quicklook.json", info)
+    state.set(center=first_center, message=f"quick-look ready {info['seconds_after_last']} s after the last "
+                                           f"projection (centre {first_center:.2f} px, {first_method}); "
+                                           f"the offline centre next")
+    state.write(force=True)
+    state.write_view({"pipeline": "ct", "sinogram": "live/sinogram.png", "state": state.state,
+                      "slices": {k: f"quicklook/{k}.png" for k in info["slices"]},
+                      "quicklook": {"center": first_center, "seconds_after_last": info["seconds_after_last"]}})
+    _write_h5(quick, recon, sampled, first_center)
+    del recon
+    if first_method.startswith("vo, every") or first_method == "manual":
+        center = first_center
+    else:
+        if partial_thread is not None:
+            partial_thread.join()
+        tick = time.perf_counter()
+        center = find_center(next_index, final=True)
+        estimates.append({"projections": next_index, "center": center, "at": now_iso(),
+                          "seconds": round(time.perf_counter() - tick, 3), "final": True,
+                          "method": "vo, every projection (the offline centre job's)"})
+        if center != first_center:   # the quick-look as the offline centre makes it
+            recon = _quicklook(watch, quick, keep_q, prep, follower, sampled, rows, raw, next_index, recon_params,
+                               center, {})
+            _write_h5(quick, recon, sampled, center)
+            del recon
+    final_time = time.time()
+    info.update(center=center, center_method="vo, every projection (the offline centre job's)"
+                if first_method != "manual" else "manual",
+                final={"center": center, "redrawn": center != first_center,
+                       "seconds_after_last": round(final_time - (written or last_read), 3)})
+    _write_json(quick / "quicklook.json", info)
     complete = expected is None or next_index >= expected
     state.set(status="finished", center=center, complete=complete, end_reason=end_reason,
               message=f"quick-look ready {info['seconds_after_last']} s after the last projection "
-                      f"(centre {center:.2f} px, {next_index} projections)",
+                      f"(centre {first_center:.2f} px); offline centre {center:.2f} px "
+                      f"{'(quick-look redrawn with it) ' if center != first_center else ''}"
+                      f"({next_index} projections)",
               summary={**state.summary(), "quicklook_delay_s": info["seconds_after_last"], "center": center,
-                       "complete": complete, "end_reason": end_reason})
+                       "center_first": first_center, "complete": complete, "end_reason": end_reason})
     state.write(force=True)
     state.write_view({"pipeline": "ct", "sinogram": "live/sinogram.png", "state": state.state,
-                      "slices": {k: f"quicklook/{k}.png" for k in slices},
+                      "slices": {k: f"quicklook/{k}.png" for k in info["slices"]},
                       "quicklook": {"center": center, "seconds_after_last": info["seconds_after_last"]}})
-    record = watch.record("completed", {"online": {**state.summary(), "center": center, "estimates": estimates,
+    record = watch.record("completed", {"online": {**state.summary(), "center": center, "center_first": first_center,
+                                                   "center_first_method": first_method, "estimates": estimates,
                                                    "quicklook_delay_s": info["seconds_after_last"],
                                                    "end_reason": end_reason, "complete": complete}})
     outputs = [str(quick / f) for f in ("xy.png", "xz.png", "yz.png", "quicklook.h5", "quicklook.json")]
     watch.write_record(record, follower.files, outputs)
     state.close()
-    log.info("quick-look: centre %.3f, %.2f s after the last projection", center, info["seconds_after_last"])
+    log.info("quick-look: centre %.3f, %.2f s after the last projection; offline centre %.3f", first_center,
+             info["seconds_after_last"], center)
     return 0
+
+
+def _quicklook(watch, quick: Path, keep_q, prep, follower, sampled, rows, raw, count, recon_params, center,
+               timings: dict) -> np.ndarray:
+    """ct.normalize -> ... -> ct.recon with ``center`` on the kept rows (normalized and
+    minus-logged already if ``prep`` holds every projection's); the three PNGs."""
+    tick = time.perf_counter()
+    ready = prep["ok"] and prep["done"] == count
+    if ready:
+        proj = prep.pop("out")[:count] if "out" in prep else np.concatenate(prep["blocks"])
+        if not prep["blocks"]:
+            prep["ok"] = False      # ct.recon consumes the stack: a second quick-look prepares it again
+        store = DataStore(proj=proj, rows=(0, rows), detector_rows=rows, raw_file=raw)
+    else:
+        store = DataStore(proj=np.stack(keep_q[:count]), flat=prep["flat"].copy(), dark=prep["dark"].copy(),
+                          rows=(0, rows), detector_rows=rows, raw_file=raw)
+    if follower.theta is not None:
+        store["theta_file"] = follower.theta[:count]
+    timings["stack_s"] = round(time.perf_counter() - tick, 3)
+    timings["prepared_in_blocks"] = ready
+    chain = ["ct.angles", "ct.stripe"] if ready else PREPARE
+    watch.run_chain([*chain, "ct.recon"], store, {"ct.recon": {**recon_params, "center": center}})
+    timings["quicklook_steps"] = dict(watch.chain_seconds)
+    tick = time.perf_counter()
+    recon = store["recon"]
+    n = recon.shape[-1]
+    nearest = np.abs(np.arange(rows)[:, None] - np.asarray(sampled)[None, :]).argmin(axis=1)
+    slices = {"xy": recon[sampled.index(rows // 2)], "xz": recon[nearest, n // 2, :], "yz": recon[nearest, :, n // 2]}
+    for name, image in slices.items():
+        tmp = quick / f".{name}.png.tmp"
+        write_png(tmp, to_uint8(image))
+        tmp.replace(quick / f"{name}.png")
+    timings["png_s"] = round(time.perf_counter() - tick, 3)
+    return recon
+
+
+def _write_h5(quick: Path, recon: np.ndarray, sampled, center: float) -> None:
+    """quicklook.h5: the reconstructed rows (uncompressed: gzip took seconds at full size)."""
+    with h5py.File(quick / ".quicklook.h5.part", "w") as handle:
+        d = handle.create_dataset("recon", data=recon)
+        d.attrs.update({"rows": np.asarray(sampled), "center": center, "long_name": "reconstructed detector rows"})
+    (quick / ".quicklook.h5.part").replace(quick / "quicklook.h5")
+
+
+def _write_json(path: Path, info: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _attenuation(frame: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        att = -np.log(np.clip((frame.astype(np.float32) - dark) / np.maximum(flat - dark, 1e-3), 1e-6, None))
+    return np.nan_to_num(att, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def _mirror_center(first: np.ndarray, mirror: np.ndarray, flat: np.ndarray, dark: np.ndarray, find_params: dict,
+                   cols: int) -> float | None:
+    """The rotation centre from the first projection and its mirror image (the projection nearest
+    180 degrees later): tomopy.find_center_pc (phase correlation, a fraction of a second at full
+    size). None when it is not usable: not finite, or outside ct.find_center's search range."""
+    import tomopy
+
+    flat_avg = flat.astype(np.float32).mean(axis=0)
+    dark_avg = dark.astype(np.float32).mean(axis=0)
+    try:
+        center = float(tomopy.find_center_pc(_attenuation(first, flat_avg, dark_avg),
+                                             _attenuation(mirror, flat_avg, dark_avg), tol=0.25))
+    except Exception:  # noqa: BLE001  no quick centre: the offline one comes first
+        return None
+    reach = min(50.0, cols / 4.0)
+    lo = cols / 2.0 + (-reach if find_params["vo_smin"] is None else find_params["vo_smin"])
+    hi = cols / 2.0 + (reach if find_params["vo_smax"] is None else find_params["vo_smax"])
+    return center if np.isfinite(center) and lo <= center <= hi else None
 
 
 def _sinogram(path: Path, keep: list[np.ndarray], row: int, flat: np.ndarray, dark: np.ndarray) -> None:

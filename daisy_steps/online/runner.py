@@ -64,6 +64,7 @@ class Watch:
         self.steps_done: dict[str, dict[str, Any]] = {}
         self.libraries: dict[str, str] = {}
         self._lock_handle = None
+        self.chain_seconds: dict[str, float] = {}   # the last run_chain's seconds per step
 
     # -- lifecycle -----------------------------------------------------------------------------
     def install_stop(self) -> None:
@@ -136,6 +137,7 @@ class Watch:
         """Run steps ``names`` of the job's chain on ``store``, in memory, as the job runner does
         (initialize, execute, finalize; declared provides checked)."""
         out = {}
+        self.chain_seconds = {}
         for name in names:
             step = self.make(name, store, (params or {}).get(name))
             started, clock = now(), time.perf_counter()
@@ -144,6 +146,7 @@ class Watch:
                 step.execute()
             finally:
                 step.finalize()
+            self.chain_seconds[name] = round(time.perf_counter() - clock, 3)
             missing = [k for k, port in step.store.provides.items() if not port.optional and k not in store]
             if missing:
                 raise StepError(f"step {name} finished without putting {', '.join(missing)} in the data store")
