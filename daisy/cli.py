@@ -28,13 +28,13 @@ def snakemake_args(config: Path, profile: str, cores: int | None = None, dry_run
                    extra: list[str] | None = None) -> list[str]:
     """The snakemake arguments of ``daisy run`` (run in the caller's working directory); the same
     as ``snakemake ARGS`` on the command line."""
-    cmd = ["--snakefile", str(REPO / "Snakefile"),
-           "--workflow-profile", str(PROFILES / profile), "--configfile", str(config)]
+    cmd = ["--snakefile", str(REPO / "Snakefile"), "--workflow-profile", str(PROFILES / profile)]
     if cores:
         cmd += ["--cores", str(cores)]
     if dry_run:
         cmd += ["--dry-run"]
-    return cmd + list(extra or [])
+    # the user's arguments (targets too) before --configfile, which would take any word after it
+    return cmd + list(extra or []) + ["--configfile", str(config)]
 
 
 def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", cores: int | None = None,

@@ -148,3 +148,18 @@ def test_design_dicts_run_end_to_end_and_replay(tmp_path):
     assert {p.name: sha256_file(p) for p in data.iterdir()} == before
     replay = snakemake(tmp_path, resolved)
     assert "Nothing to be done" in replay.stdout + replay.stderr
+
+
+def test_daisy_run_passes_targets_after_double_dash_to_snakemake(tmp_path):
+    """`daisy run ct --config C -- --until ct_center` and `-- TARGET`: Snakemake's --configfile
+    takes every word after it, so the user's arguments must reach Snakemake before it."""
+    from snakemake.cli import get_argument_parser
+
+    from daisy.cli import snakemake_args
+
+    config = tmp_path / "config.resolved.yaml"
+    for extra, check in ((["results/ct/center.json"], lambda a: set(a.targets) == {"results/ct/center.json"}),
+                         (["--until", "ct_center"], lambda a: set(a.until) == {"ct_center"} and not a.targets)):
+        parsed = get_argument_parser().parse_args(snakemake_args(config, "workstation", 2, False, extra))
+        assert check(parsed), parsed
+        assert [str(c) for c in parsed.configfile] == [str(config)]
