@@ -160,6 +160,7 @@ def test_daisy_run_passes_targets_after_double_dash_to_snakemake(tmp_path):
     config = tmp_path / "config.resolved.yaml"
     for extra, check in ((["results/ct/center.json"], lambda a: set(a.targets) == {"results/ct/center.json"}),
                          (["--until", "ct_center"], lambda a: set(a.until) == {"ct_center"} and not a.targets)):
-        parsed = get_argument_parser().parse_args(snakemake_args(config, "workstation", 2, False, extra))
-        assert check(parsed), parsed
-        assert [str(c) for c in parsed.configfile] == [str(config)]
+        for cores in (None, 2):
+            parsed = get_argument_parser().parse_args(snakemake_args(config, "workstation", cores, False, extra))
+            assert check(parsed), parsed
+            assert [str(c) for c in parsed.configfile] == [str(config)]
