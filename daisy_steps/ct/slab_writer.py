@@ -31,13 +31,18 @@ class SlabWriter:
         ref = ctx.output("slab")
         self.handle = h5py.File(ref.path, "w", track_order=False)
         self.dset = slab_dataset(self.handle, ref.dataset or SLAB_DATASET, shape, np.float32, compression, gzip_level)
+        blocks = -(-shape[0] // block)
         self.free: queue.Queue = queue.Queue()
-        for _ in range(BUFFERS):
-            self.free.put(np.empty((block, shape[1], shape[2]), dtype=np.float32))
+        for _ in range(min(BUFFERS, blocks)):
+            self.free.put(np.empty((min(block, shape[0]), shape[1], shape[2]), dtype=np.float32))
         self.full: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._write, name="daisy-slab-writer", daemon=True)
-        self.thread.start()
+        # one block: nothing to overlap, written in this thread (a thread costs address space: a
+        # malloc arena and a stack, which counts under a job's RLIMIT_AS)
+        self.thread = threading.Thread(target=self._write, name="daisy-slab-writer", daemon=True) \
+            if blocks > 1 else None
+        if self.thread:
+            self.thread.start()
 
     @staticmethod
     def fits(ctx, nbytes: int) -> bool:
@@ -51,6 +56,9 @@ class SlabWriter:
     def put(self, r0: int, block: np.ndarray) -> None:
         self._check()
         self.full.put((r0, block))
+        if self.thread is None:
+            self.full.put(None)
+            self._write()
 
     def _write(self) -> None:
         while (item := self.full.get()) is not None:
@@ -70,8 +78,9 @@ class SlabWriter:
             raise StepError(f"{self.step}: cannot write {self.final}: {reason}") from None
 
     def finish(self, rows, detector_rows: int, info: dict) -> None:
-        self.full.put(None)
-        self.thread.join()
+        if self.thread:
+            self.full.put(None)
+            self.thread.join()
         self._check()
         try:
             slab_attributes(self.dset, rows, detector_rows, info)
@@ -81,7 +90,7 @@ class SlabWriter:
 
     def abort(self) -> None:
         """Stop the thread and close the file (the job runner removes the temporary)."""
-        if self.thread.is_alive():
+        if self.thread and self.thread.is_alive():
             self.full.put(None)
             self.thread.join()
         try:
