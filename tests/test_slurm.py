@@ -147,10 +147,11 @@ def test_ct_through_slurm_is_identical(data, workstation):
     work, configs = data
     out = run_daisy(work / "sl-ct", "ct", configs["ct"], "slurm")
     submitted = {f"{rule}_{index}" if index else rule for rule, index in re.findall(SUBMITTED, out)}
-    assert submitted == {"ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}, out[-3000:]
+    # ct_rows: the raw frames read once for the centre and slab jobs (slabs.read_once auto)
+    assert submitted == {"ct_rows", "ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}, out[-3000:]
     assert np.array_equal(ct_volume(work / "sl-ct"), ct_volume(workstation / "ws-ct"))
     recs = records(work / "sl-ct", "ct")
-    assert set(recs) == {"ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}
+    assert set(recs) == {"ct_rows", "ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}
     check_slurm_records(recs, plan_threads(configs["ct"]))
     prov = json.loads((work / "sl-ct/results/ct/provenance.json").read_text())
     assert prov["status"] == "completed"
@@ -257,5 +258,5 @@ def test_stopped_run_resumes_without_redoing_finished_jobs(data, workstation):
     assert again_slabs <= {f"{i:04d}" for i in range(SLABS)} - done
     assert {i: (p.stat().st_mtime_ns, p.read_bytes()) for i, p in kept.items()} == before
     assert json.loads((run_dir / "results/ct/provenance.json").read_text())["status"] == "completed"
-    assert len(records(run_dir, "ct")) == SLABS + 2
+    assert len(records(run_dir, "ct")) == SLABS + 3                  # + ct_rows, ct_center, ct_gather
     assert np.array_equal(ct_volume(run_dir), ct_volume(workstation / "ws-ct"))
