@@ -75,7 +75,7 @@ class SplitRows(Step):
                 raise StepError(f"{self.name}: cannot write {first} and the other row files: no space left on the "
                                 f"device ({needed / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free)")
             buffer = np.empty((min(step, frames), rows, cols), dtype=data.dtype)
-            files, written = {}, 0
+            files, written = {}, sum(s.size * s.dtype.itemsize for s in fields.values())
             with writing(self.name, first):          # an OSError names the file and the reason
                 try:
                     for slot, (r0, r1) in parts.items():
@@ -113,7 +113,7 @@ class SplitRows(Step):
                     for out in files.values():
                         out.close()
         row_bytes = sum((r1 - r0) for r0, r1 in parts.values()) * cols * data.dtype.itemsize
-        self.ctx.results.update(bytes_read=int(written + sum(s.size * s.dtype.itemsize for s in fields.values())),
+        self.ctx.results.update(bytes_read=int(written),
                                 bytes_written=int(row_bytes * sum(counts.values())), frames=int(frames),
                                 parts=len(parts), layout=paths.layout)
         self.log.info("%s: %d frames read once into %d parts", label, frames, len(parts))
