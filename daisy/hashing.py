@@ -55,29 +55,28 @@ def sha256_files(paths: Iterable, workers: int | None = None) -> dict[str, str]:
     with ThreadPoolExecutor(workers) as pool:
         for path, digest in zip(missing, pool.map(sha256_file_uncached, missing)):
             digests[str(path)] = digest
-    try:  # concurrent runs share the cache: re-read, merge and replace it under a lock
-        with file_lock(cache_file.with_name(cache_file.name + ".lock")):
-            cache = _read_cache(cache_file)
-            cache = {p: entry for p, entry in cache.items() if Path(p).exists()}   # forget deleted files
-            for path, stat in missing.items():
-                cache[str(path)] = {"stat": stat, "sha256": digests[str(path)]}
-            write_json_atomic(cache_file, cache, mode=0o644)
-    except OSError:
-        pass                              # a read-only cache only costs speed
+    _store({path: (stat, digests[str(path)]) for path, stat in missing.items()})
     return digests
 
 
 def remember_sha256(path, digest: str) -> None:
     """Record ``digest`` for ``path`` as it is now (hashed by whoever wrote it, e.g. a pull)."""
     path = Path(path).resolve()
+    _store({path: (_stat_key(path), digest)})
+
+
+def _store(entries: dict[Path, tuple[list[int], str]]) -> None:
+    """Add ``path -> (stat, sha256)`` entries to the cache."""
     cache_file = _cache_file()
-    try:
+    try:  # concurrent runs share the cache: re-read, merge and replace it under a lock
         with file_lock(cache_file.with_name(cache_file.name + ".lock")):
             cache = _read_cache(cache_file)
-            cache[str(path)] = {"stat": _stat_key(path), "sha256": digest}
+            cache = {p: entry for p, entry in cache.items() if Path(p).exists()}   # forget deleted files
+            for path, (stat, digest) in entries.items():
+                cache[str(path)] = {"stat": stat, "sha256": digest}
             write_json_atomic(cache_file, cache, mode=0o644)
     except OSError:
-        pass
+        pass                              # a read-only cache only costs speed
 
 
 def _cache_file() -> Path:
