@@ -154,13 +154,15 @@ class Run:
     @property
     def targets(self) -> list[str]:
         """Every output of every job (what ``rule all`` asks for), in job order."""
-        return [path for job in self.jobs.values() for slot, path in job.outputs.items()
-                if not self.outputs[job.stage.name][slot].temp]
+        return self._outputs(temp=False)
 
     def temp_files(self) -> list[str]:
         """Intermediate outputs (``Output.temp``): deleted by Snakemake once read, by a failed run at its end."""
+        return self._outputs(temp=True)
+
+    def _outputs(self, temp: bool) -> list[str]:
         return [path for job in self.jobs.values() for slot, path in job.outputs.items()
-                if self.outputs[job.stage.name][slot].temp]
+                if self.outputs[job.stage.name][slot].temp == temp]
 
     def images(self) -> list[str]:
         return sorted({job.image for job in self.jobs.values()})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 
-from daisy_steps.ct.layouts import resolve_paths, resolve_stage
+from daisy_steps.ct.layouts import READ_BLOCK_BYTES, resolve_paths, resolve_stage
 from daisy_steps.ct.recon import check_params
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
@@ -252,12 +252,12 @@ def plan(run: Run) -> None:
         return {"step": "ct.load", "inputs": {"raw": run.output("ct_rows", slot)}, "params": params}
 
     if parts:
-        frame_bytes = shape[1] * shape[2] * 2
+        frame_bytes = shape[1] * shape[2] * 2          # one frame of 16-bit counts, the usual raw type
         run.add_job("ct_rows", [{"step": "ct.split_rows", "inputs": {"raw": cfg["input"]["file"]},
                                  "params": {**{k: cfg["input"][k] for k in LOAD_KEYS},
                                             "parts": {k: list(v) for k, v in parts.items()}},
                                  "outputs": {slot: run.output("ct_rows", slot) for slot in parts}}],
-                    threads=1, mem_mb=int(300 + 2 * (64 * 2**20 + frame_bytes) / 2**20))
+                    threads=1, mem_mb=int(300 + 2 * (READ_BLOCK_BYTES + frame_bytes) / 2**20))
 
     if centre:  # a manual centre needs no job: it goes straight into every slab's ct.recon
         start, stop = centre
