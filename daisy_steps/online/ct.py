@@ -31,7 +31,6 @@ as daisy/pipelines/ct.py chooses them) and ``quicklook_rows`` rows spread over t
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ import numpy as np
 
 from ..core import DataStore
 from ..errors import StepError
+from ..fileio import write_json_atomic
 from ..png import to_uint8, write_png
 from ..ct.layouts import _read_angles, resolve_paths
 from ..ct.prep import range_angles
@@ -347,7 +347,7 @@ def main(job_path, quiet: bool = False) -> int:
     info.update(quicklook_ready=ready, seconds_after_last=round(ready - (written or last_read), 3),
                 seconds_reconstructing=round(time.perf_counter() - clock, 3), timings=timings,
                 first={"center": first_center, "method": first_method})
-    _write_json(quick / "quicklook.json", info)
+    write_json_atomic(quick / "quicklook.json", info)
     state.set(center=first_center, message=f"quick-look ready {info['seconds_after_last']} s after the last "
                                            f"projection (centre {first_center:.2f} px, {first_method}); "
                                            f"the offline centre next")
@@ -377,7 +377,7 @@ def main(job_path, quiet: bool = False) -> int:
                 if first_method != "manual" else "manual",
                 final={"center": center, "redrawn": center != first_center,
                        "seconds_after_last": round(final_time - (written or last_read), 3)})
-    _write_json(quick / "quicklook.json", info)
+    write_json_atomic(quick / "quicklook.json", info)
     complete = expected is None or next_index >= expected
     state.set(status="finished", center=center, complete=complete, end_reason=end_reason,
               message=f"quick-look ready {info['seconds_after_last']} s after the last projection "
@@ -444,27 +444,20 @@ def _write_h5(quick: Path, recon: np.ndarray, sampled, center: float) -> None:
     (quick / ".quicklook.h5.part").replace(quick / "quicklook.h5")
 
 
-def _write_json(path: Path, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _attenuation(frame: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         att = -np.log(np.clip((frame.astype(np.float32) - dark) / np.maximum(flat - dark, 1e-3), 1e-6, None))
     return np.nan_to_num(att, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-def _mirror_center(first: np.ndarray, mirror: np.ndarray, flat: np.ndarray, dark: np.ndarray, find_params: dict,
-                   cols: int) -> float | None:
+def _mirror_center(first: np.ndarray, mirror: np.ndarray, flat_avg: np.ndarray, dark_avg: np.ndarray,
+                   find_params: dict, cols: int) -> float | None:
     """The rotation centre from the first projection and its mirror image (the projection nearest
-    180 degrees later): tomopy.find_center_pc (phase correlation, a fraction of a second at full
-    size). None when it is not usable: not finite, or outside ct.find_center's search range."""
+    180 degrees later), normalized by the averaged flat and dark frames: tomopy.find_center_pc
+    (phase correlation, a fraction of a second at full size). None when it is not usable: not
+    finite, or outside ct.find_center's search range."""
     import tomopy
 
-    flat_avg = flat.astype(np.float32).mean(axis=0)
-    dark_avg = dark.astype(np.float32).mean(axis=0)
     try:
         center = float(tomopy.find_center_pc(_attenuation(first, flat_avg, dark_avg),
                                              _attenuation(mirror, flat_avg, dark_avg), tol=0.25))
