@@ -27,6 +27,7 @@ from daisy.images import cli, execute, paths
 from daisy.images import inspect as image_inspect
 
 from .conftest import require_image
+from .workflow_helpers import alive
 
 build_module = importlib.import_module("daisy.images.build")  # daisy.images.build is the function
 
@@ -544,14 +545,6 @@ def _process_tree(roots: list[int]) -> set[int]:
     return tree
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.apptainer
 def test_image_holder_keeps_one_shared_mount_and_stops():
     """While held, containers of the image share the holder's loop device (warm page cache);
@@ -575,15 +568,15 @@ def test_image_holder_keeps_one_shared_mount_and_stops():
         assert len(_loops(sif)) == 1  # the job shares the holder's loop device
         assert job.wait(timeout=30) == 0
         held_pids = _process_tree([p.pid for p in captured])   # apptainer, starter, the container's sleep
-        assert all(_alive(pid) for pid in (p.pid for p in captured))
+        assert all(alive(pid) for pid in (p.pid for p in captured))
     finally:
         holders.release()
     assert all(p.returncode is not None for p in captured)       # exited and reaped by release()
     for _ in range(100):
-        if not any(_alive(pid) for pid in held_pids) and not _loops(sif):
+        if not any(alive(pid) for pid in held_pids) and not _loops(sif):
             break
         time.sleep(0.05)
-    assert [pid for pid in held_pids if _alive(pid)] == []
+    assert [pid for pid in held_pids if alive(pid)] == []
     assert _loops(sif) == []
 
 

@@ -27,7 +27,7 @@ from daisy import outdir_lock
 from daisy_steps.nxprocess import content_digest
 
 from .conftest import require_image
-from .workflow_helpers import REPO, image_cache_with, process_argvs
+from .workflow_helpers import REPO, alive, image_cache_with, process_argvs
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.snakemake]
 
@@ -78,15 +78,6 @@ def step_processes(marker: bytes) -> list[int]:
     """Host pids of the job processes (``python3 -m daisy_steps run --job ...marker...``)."""
     return [pid for pid, argv in process_argvs()
             if argv and argv[0].endswith(b"python3") and b"daisy_steps" in argv and any(marker in a for a in argv)]
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a finished job not yet reaped is no longer running)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def make_phantom(folder: Path, size: int, n_angles: int) -> Path:
@@ -155,7 +146,7 @@ def test_sigkill_of_a_slab_job_then_the_same_command_resumes_bit_identical(work)
         if pids:
             time.sleep(0.3)                                            # mid-run: imports done, reconstructing
             for pid in pids:
-                if running(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
                     killed = pid
         time.sleep(0.01)

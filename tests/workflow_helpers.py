@@ -39,6 +39,15 @@ def process_argvs():
             continue
 
 
+def alive(pid: int) -> bool:
+    """Alive and not a zombie (a finished process not yet reaped is no longer running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def image_cache_with(cache: Path, names=("tomopy", "base")) -> Path:
     """A fresh image cache holding the verified images ``names`` (hard links, else copies): a run
     using it must hash them again (benchmarks and concurrency tests)."""
