@@ -498,7 +498,8 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
         data = get_dataset(handle, paths.data, label)
         n_rows = data.shape[0] if paths.layout == "stage" else data.shape[1]
         offset, held = 0, n_rows
-        if "rows_of" in data.attrs and paths.layout != "stage":   # ct.split_rows: some rows of a scan
+        source = str(data.attrs["rows_of"]) if "rows_of" in data.attrs and paths.layout != "stage" else None
+        if source:                                             # ct.split_rows: some rows of a scan
             offset, n_rows = int(data.attrs["row_offset"]), int(data.attrs["detector_rows"])
         r0 = params["row_start"]
         r1 = n_rows if params["row_stop"] is None else params["row_stop"]
@@ -508,7 +509,6 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
             raise StepError(f"{label}: rows {r0}:{r1} are outside {where} of {paths.data} (shape {data.shape})")
         rows = (r0, r1)
         r0, r1 = r0 - offset, r1 - offset                       # rows of this file
-        source = str(data.attrs["rows_of"]) if "rows_of" in data.attrs and paths.layout != "stage" else None
         info = {"layout": paths.layout, "data": paths.data, "shape": list(data.shape), "stage": stage,
                 "dtype": data.dtype.name, **({"rows_of": source} if source else {})}
         if paths.entry:
@@ -550,8 +550,8 @@ def read_slab(path, params: dict, stage: str = "raw") -> Slab:
                 raise StepError(f"{label}: angles {paths.angles} hold {bad} non-finite values (NaN or inf)")
             info.update(angles=paths.angles, angle_units=units)
         info["rows"] = list(rows)
-        if paths.layout != "stage":
-            info["bytes_read"] = bytes_touched(data, proj.shape[0] + (flat.shape[0] + dark.shape[0]
-                                                                     if paths.layout == "nxtomo" else 0), (r0, r1)) + \
-                (flat.size * flat.dtype.itemsize + dark.size * dark.dtype.itemsize if paths.layout != "nxtomo" else 0)
+        if paths.layout == "nxtomo":             # flats and darks are frames of the same dataset
+            info["bytes_read"] = bytes_touched(data, proj.shape[0] + flat.shape[0] + dark.shape[0], (r0, r1))
+        elif paths.layout != "stage":
+            info["bytes_read"] = bytes_touched(data, proj.shape[0], (r0, r1)) + flat.nbytes + dark.nbytes
         return Slab(proj, flat, dark, theta, rows, n_rows, paths, info)

@@ -41,12 +41,24 @@ def release(part: np.ndarray) -> int:
     return last - first
 
 
+def in_blocks(work, count: int, block: int, threads: int) -> None:
+    """``work(start)`` for start = 0, block, 2 block, ... < count, on ``threads`` threads (numpy's
+    copies and reductions run outside the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = range(0, count, block)
+    if threads <= 1 or len(starts) == 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, starts))
+
+
 def to_sinogram_order(proj: np.ndarray, threads: int = 1, block: int = 16) -> np.ndarray:
     """(angles, rows, columns) -> a new C-contiguous (rows, angles, columns) array, copied
     ``block`` angles at a time by ``threads`` threads, each block of ``proj`` released once
     copied: the two never exist whole at once. ``proj`` is unusable afterwards."""
-    from concurrent.futures import ThreadPoolExecutor
-
     out = np.empty((proj.shape[1], proj.shape[0], proj.shape[2]), dtype=proj.dtype)
 
     def move(a0: int) -> None:
@@ -54,13 +66,23 @@ def to_sinogram_order(proj: np.ndarray, threads: int = 1, block: int = 16) -> np
         out[:, a0:a0 + block, :] = part.transpose(1, 0, 2)
         release(part)
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:      # numpy copies outside the GIL
-        list(pool.map(move, range(0, proj.shape[0], block)))
+    in_blocks(move, proj.shape[0], block, threads)
     return out
 
 
-def value_range(values: np.ndarray) -> tuple[float, float]:
-    """(min, max) without temporaries; NaN if any value is NaN (numpy propagates it)."""
+def value_range(values: np.ndarray, threads: int = 1, block: int = 64) -> tuple[float, float]:
+    """(min, max) over the first axis in blocks on ``threads`` threads, no temporaries; NaN when
+    any value is NaN, ±inf when any is infinite (so one pass answers "all finite?" too)."""
     if values.size == 0:
         return 0.0, 0.0
-    return float(np.min(values)), float(np.max(values))
+    parts: list[tuple[float, float]] = []
+
+    def span(a0: int) -> None:
+        part = values[a0:a0 + block]
+        parts.append((float(np.min(part)), float(np.max(part))))
+
+    in_blocks(span, values.shape[0], block, threads)
+    lows, highs = zip(*parts)
+    if any(np.isnan(lows)) or any(np.isnan(highs)):
+        return float("nan"), float("nan")
+    return min(lows), max(highs)

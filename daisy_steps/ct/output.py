@@ -126,6 +126,17 @@ def slab_attributes(dset, rows, detector_rows: int, info: dict) -> None:
             dset.attrs[key] = value
 
 
+def write_slab(step: str, ctx, data: np.ndarray, rows, detector_rows: int, info: dict, compression: str,
+               gzip_level: int) -> None:
+    """The slab file of output slot ``slab``, written whole (the full-disk fallback of
+    :func:`hdf5_output` applies)."""
+    ref = ctx.output("slab")
+    with hdf5_output(step, ctx.final_output("slab").path, ref.path, data.nbytes, track_order=False) as handle:
+        dset = slab_dataset(handle, ref.dataset or SLAB_DATASET, data.shape, data.dtype, compression, gzip_level,
+                            data=data)
+        slab_attributes(dset, rows, detector_rows, info)
+
+
 class SaveSlab(Step):
     """Write the reconstructed slab (``recon``) to HDF5 with its first detector row as attribute
     ``row_offset``; chunked by slice, compressed. Output slot ``slab`` (dataset
@@ -150,12 +161,8 @@ class SaveSlab(Step):
             raise StepError(f"{self.name}: '{p['key']}' has shape {data.shape}, not a 3D slab")
         rows = self.store.get("rows", (0, data.shape[0]))
         info = self.store.get("recon_info", {})
-        ref = self.ctx.output("slab")
-        dataset = ref.dataset or SLAB_DATASET
-        with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, data.nbytes,
-                         track_order=False) as handle:
-            dset = slab_dataset(handle, dataset, data.shape, data.dtype, p["compression"], p["gzip_level"], data=data)
-            slab_attributes(dset, rows, int(self.store.get("detector_rows", rows[1])), info)
+        write_slab(self.name, self.ctx, data, rows, int(self.store.get("detector_rows", rows[1])), info,
+                   p["compression"], p["gzip_level"])
         self.ctx.results.update(row_offset=int(rows[0]), shape=list(data.shape), peak_rss_mib=peak_rss_mib())
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..core import Step
 from ..errors import StepError
 from ..ports import Port
+from .memory import in_blocks, value_range
 
 
 def where(store) -> str:
@@ -37,38 +38,6 @@ def constant_frames(proj: np.ndarray, threads: int = 1) -> np.ndarray:
 
     in_blocks(span, flat.shape[0], 64, threads)
     return np.flatnonzero(low == high)
-
-
-def in_blocks(work, count: int, block: int, threads: int) -> None:
-    """``work(start)`` for start = 0, block, 2 block, ... < count, on ``threads`` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    starts = range(0, count, block)
-    if threads <= 1 or len(starts) == 1:
-        for start in starts:
-            work(start)
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, starts))
-
-
-def finite_range(values: np.ndarray, threads: int = 1, block: int = 64) -> tuple[float, float]:
-    """(min, max) over the first axis in blocks on ``threads`` threads, no temporaries; NaN when
-    any value is NaN, ±inf when any is infinite (so one pass answers "all finite?" too)."""
-    if values.size == 0:
-        return 0.0, 0.0
-    parts: list[tuple[float, float]] = []
-
-    def span(a0: int) -> None:
-        part = values[a0:a0 + block]
-        parts.append((float(np.min(part)), float(np.max(part))))
-
-    in_blocks(span, values.shape[0], block, threads)
-    lows, highs = zip(*parts)
-    low, high = min(lows), max(highs)
-    if any(np.isnan(lows)) or any(np.isnan(highs)):
-        return float("nan"), float("nan")
-    return low, high
 
 
 class Normalize(Step):
@@ -167,7 +136,7 @@ class Normalize(Step):
                    "dropped frames or a closed shutter? check the raw data, or raise the limit to accept")
         # the guard: non-finite values become dead_value, values below min_transmission are raised to it;
         # one threaded (min, max) pass tells whether either is needed (masks only then)
-        low, high = finite_range(out, self.ctx.threads)
+        low, high = value_range(out, self.ctx.threads)
         n_bad = 0
         if not (np.isfinite(low) and np.isfinite(high)):
             bad = ~np.isfinite(out)
@@ -251,7 +220,7 @@ class MinusLog(Step):
             raise StepError(f"{self.name}: projections are {proj.dtype}, not normalized float32; "
                             f"put ct.normalize before ct.minus_log")
         out = tomopy.minus_log(proj, ncore=self.ctx.threads, out=proj)
-        low, high = finite_range(out, self.ctx.threads)
+        low, high = value_range(out, self.ctx.threads)
         if not (np.isfinite(low) and np.isfinite(high)):
             bad = int(np.count_nonzero(~np.isfinite(out)))
             raise StepError(f"{self.name}: {bad} non-finite values after minus-log (transmission <= 0); "

@@ -11,7 +11,7 @@ from ..core import Step
 from ..errors import StepError
 from ..ports import Port
 from .memory import release, to_sinogram_order, value_range
-from .output import SLAB_DATASET, peak_rss_mib
+from .output import peak_rss_mib, write_slab
 from .slab_writer import SlabWriter
 
 ANALYTIC = ("gridrec", "fbp")
@@ -201,7 +201,7 @@ class Recon(Step):
         if clip:
             np.maximum(proj, np.float32(0), out=proj)
         rows, cols = proj.shape[1], proj.shape[2]
-        low, high = value_range(proj)
+        low, high = value_range(proj, self.ctx.threads)
         bound = p["max_value_factor"] * max(-low, high, 1e-12)
         # tomopy.recon wants sinogram order and would copy the whole slab into it; done here block by
         # block, releasing the projections as they move, then the sinograms of each block of rows
@@ -250,13 +250,7 @@ class Recon(Step):
         if writer:
             writer.finish(slab_rows, detector_rows, info)
         else:                                    # too little room to stream: ct.save_slab's way, at the end
-            from .output import hdf5_output, slab_attributes, slab_dataset
-            ref = self.ctx.output("slab")
-            with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, recon.nbytes,
-                             track_order=False) as handle:
-                dset = slab_dataset(handle, ref.dataset or SLAB_DATASET, recon.shape, recon.dtype,
-                                    p["compression"], p["gzip_level"], data=recon)
-                slab_attributes(dset, slab_rows, detector_rows, info)
+            write_slab(self.name, self.ctx, recon, slab_rows, detector_rows, info, p["compression"], p["gzip_level"])
         self.ctx.results.update(row_offset=int(slab_rows[0]), written=True, peak_rss_mib=peak_rss_mib())
 
     def _reconstruct(self, tomopy, sino, out, theta, center, kwargs, bound, r0, warned) -> None:
