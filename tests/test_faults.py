@@ -180,14 +180,19 @@ def test_a_killed_job_leaves_no_temporary_after_the_resume(work):
 # a full disk, a read-only outdir: named errors, nothing half-written
 # ------------------------------------------------------------------------------------------------
 
-def test_a_full_disk_is_a_named_error_and_leaves_nothing_half_written(work, tmpfs):
-    disk = tmpfs("full", "160k")                       # room for the config, jobs and records, not a slab
-    config = ct_config(work, "full.yaml", str(disk / "out"), save={"previews": False, "compression": "none"})
+@pytest.mark.parametrize("read_once, step", [("auto", "ct.split_rows"), ("never", "ct.recon")])
+def test_a_full_disk_is_a_named_error_and_leaves_nothing_half_written(work, tmpfs, read_once, step):
+    """The rows files (ct_rows, refused before writing) or, read directly, the slab (ct.recon,
+    too little room to write it while reconstructing: written at the end, HDF5's core driver)."""
+    disk = tmpfs(f"full-{read_once}", "160k")           # room for the config, jobs and records, not a slab
+    config = ct_config(work, f"full-{read_once}.yaml", str(disk / "out"),
+                       save={"previews": False, "compression": "none"},
+                       slabs={"count": 2, "read_once": read_once})
     before = (work / "data" / "ct.h5").stat().st_mtime_ns
     res = run_daisy(work, config)
     text = res.stdout + res.stderr
     assert res.returncode == 2, text[-3000:]
-    assert "no space left on the device" in text and "cannot write" in text, text[-4000:]
+    assert "no space left on the device" in text and f"{step}: cannot write" in text, text[-4000:]
     assert "Traceback" not in text
     left = [p for p in (disk / "out").rglob("*") if p.is_file() and (p.suffix == ".h5" or ".part" in p.name)]
     assert left == [], left
