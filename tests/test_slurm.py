@@ -53,6 +53,11 @@ def slurm():
         yield "started"
     finally:
         subprocess.run(["bash", str(SLURM_SH), "stop"], capture_output=True)
+        # no client config naming the stopped controller is left: scontrol, which the Slurm plugin
+        # runs whenever Snakemake starts, would wait ~9 s for it on every snakemake or daisy run
+        clock = time.monotonic()
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=60)
+        assert time.monotonic() - clock < 3, "scontrol waits for the stopped controller after slurm.sh stop"
 
 
 def daisy_cmd(pipeline: str, config: Path, profile: str) -> list[str]:
