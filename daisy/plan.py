@@ -36,7 +36,8 @@ INDEX_PATTERN = r"\d{4}|[A-Za-z0-9][A-Za-z0-9_.+-]*"
 @dataclass(frozen=True)
 class Stage:
     """A kind of job, run by one Snakemake rule: all its jobs run in ``image`` and chain (a
-    subset of) ``steps`` in this order. ``indexed`` stages have one job per slab or block."""
+    subset of) ``steps`` in this order. ``indexed`` stages have one job per slab or block;
+    in a ``repeats`` stage a job may run the chain several times over (one pass per slab)."""
 
     pipeline: str
     name: str
@@ -44,6 +45,7 @@ class Stage:
     steps: tuple[str, ...]
     indexed: bool = False
     doc: str = ""
+    repeats: bool = False
 
     def job_name(self, index: int | str | None = None) -> str:
         if not self.indexed:
@@ -196,16 +198,29 @@ def _step_inputs(steps: list[dict[str, Any]], extra: tuple[str, ...]) -> list[st
 def _check_job(job: Job) -> None:
     """Refuse a job that contradicts its stage or its steps' ports (before any data is read)."""
     names = [entry["step"] for entry in job.steps]
-    allowed = iter(job.stage.steps)
-    if not all(name in allowed for name in names):  # an ordered subsequence of the stage's chain
+    if not _follows(names, job.stage.steps, job.stage.repeats):
         raise StepError(f"job {job.name}: steps {names} are not a chain of stage {job.stage.name} "
-                        f"({', '.join(job.stage.steps)})")
+                        f"({', '.join(job.stage.steps)}{', repeated' if job.stage.repeats else ''})")
     check_chain(job.name, job.image, job.steps)
     written = {str(FileRef.parse(v).path) for s in job.steps for v in s.get("outputs", {}).values()}
     declared = set(job.outputs.values())
     if written != declared:
         raise StepError(f"job {job.name}: its steps write {sorted(written - declared)} beyond the stage's "
                         f"outputs, or leave {sorted(declared - written)} unwritten")
+
+
+def _follows(names: list[str], chain: tuple[str, ...], repeats: bool) -> bool:
+    """Whether ``names`` is an ordered subsequence of ``chain`` (with ``repeats``: several such
+    passes one after another, each starting where the chain starts again)."""
+    pos = 0
+    for name in names:
+        try:
+            pos = chain.index(name, pos) + 1
+        except ValueError:
+            if not repeats or name not in chain:
+                return False
+            pos = chain.index(name) + 1
+    return True
 
 
 def pipeline_module(name: str):

@@ -54,7 +54,7 @@ RECORD_SLOT_PREFIX = "record_"
 PROCESS_NAME = re.compile(r"^process_(\d+)_(.+)$")
 #: fields of a process group that change from run to run (times, host-dependent figures, paths)
 VOLATILE = ("date", "end_date", "results", "inputs", "jobs/started", "jobs/ended")
-_INDEX_SUFFIX = re.compile(r"_\d{4,}$")
+_INDEX_SUFFIX = re.compile(r"_\d{4,}(#\d+)?$|#\d+$")
 
 
 def record_slots(ctx) -> list[str]:
@@ -112,22 +112,50 @@ def _same(values: list) -> bool:
 def processes(records: list[dict[str, Any]]) -> list[Process]:
     """One :class:`Process` per step of the chain that made the data, in chain order.
 
-    Records of one stage (job name without its ``_NNNN`` index) whose jobs ran the same steps
-    (names and versions) in the same image with the same code are merged; the stages keep the
-    order of ``records`` (the plan's: centre, then slabs)."""
-    groups: dict[tuple, list[dict]] = {}
-    for record in records:
+    Records of one stage (job name without its ``_NNNN`` index) that ran in the same image with
+    the same code are merged, and so are the passes of a job (:func:`_passes`): a step (its
+    name, version and which occurrence of it in the chain) is one process over every job or pass
+    that ran it, also when some ran a step the others did not (the one pass that writes a
+    preview); the stages keep the order of ``records`` (the plan's: centre, then slabs)."""
+    groups: dict[tuple, dict[tuple, list[tuple[dict, dict]]]] = {}
+    for record in (part for whole in records for part in _passes(whole)):
         image = record.get("image") if isinstance(record.get("image"), dict) else None
-        key = (_stage(str(record.get("job", ""))), tuple((s.get("step"), s.get("version")) for s in record["steps"]),
-               json.dumps(image, sort_keys=True), record.get("code_sha256"))
-        groups.setdefault(key, []).append(record)
+        key = (_stage(str(record.get("job", ""))), json.dumps(image, sort_keys=True), record.get("code_sha256"))
+        steps = groups.setdefault(key, {})
+        seen: dict[tuple, int] = {}
+        previous = None
+        for entry in record["steps"]:
+            name = (entry.get("step"), entry.get("version"))
+            seen[name] = seen.get(name, 0) + 1
+            step = (*name, seen[name])
+            if step not in steps:                  # a step new to the stage: after the one before it
+                order = list(steps)
+                at = order.index(previous) + 1 if previous in steps else 0
+                moved = {k: steps.pop(k) for k in order[at:]}
+                steps[step] = []
+                steps.update(moved)
+            steps[step].append((record, entry))
+            previous = step
     out = []
-    for (stage, chain, _, code), members in groups.items():
-        image = members[0].get("image") if isinstance(members[0].get("image"), dict) else None
-        for position, (step, version) in enumerate(chain):
-            entries = [m["steps"][position] for m in members]
+    for (stage, image_json, code), steps in groups.items():
+        image = json.loads(image_json)
+        for (step, version, _), pairs in steps.items():
+            members, entries = [m for m, _ in pairs], [e for _, e in pairs]
             out.append(_merge(stage, step, version, image, code, members, entries))
     return out
+
+
+def _passes(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A job's record cut into its passes over the chain (a slab job reconstructing several
+    slabs in turn runs the chain once per slab; each pass starts with the job's first step):
+    passes merge like jobs do, so a step is one process however slabs were grouped into jobs."""
+    steps = record.get("steps") or []
+    starts = [i for i, s in enumerate(steps) if steps and s.get("step") == steps[0].get("step")]
+    if len(starts) < 2:
+        return [record]
+    job = str(record.get("job", ""))
+    return [{**record, "job": f"{job}#{n}", "steps": steps[a:b]}
+            for n, (a, b) in enumerate(zip(starts, [*starts[1:], len(steps)]), start=1)]
 
 
 def _merge(stage, step, version, image, code, members, entries) -> Process:

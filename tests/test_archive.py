@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
     run_job_in_image("pyfai", {"job": "sample_xrd", "threads": 2, "steps": xrd}, work / "jobs" / "xrd.json", work)
     configs = {
         "ct": {"config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
-               "input": {"file": "data/ct.h5"}, "slabs": {"count": 2}},
+               "input": {"file": "data/ct.h5"}, "slabs": {"count": 2, "per_job": 1}},
         "xrd": {"config_version": 1, "pipeline": "xrd", "outdir": "results/xrd", "threads": 2,
                 "input": {"file": "data/xrd/scan_00001_master.h5"}, "blocks": {"count": 2}, "save": {"xy": True},
                 "integrate": {"geometry": {"poni": "data/xrd/scan_00001.poni"}, "npt": 500, "integrate_2d": True}},

@@ -144,7 +144,7 @@ def two_nxtomo_entries(path: Path, names=("scan_0001", "scan_0002")) -> Path:
 
 def ct_config(tmp: Path, raw: Path, **changes) -> dict:
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": str(tmp / "out"), "threads": 1,
-           "input": {"file": str(raw)}, "slabs": {"count": 2}}
+           "input": {"file": str(raw)}, "slabs": {"count": 2, "per_job": 1}}
     for key, value in changes.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)

@@ -239,7 +239,7 @@ def work(tmp_path_factory):
 
 def ct_config(work: Path, outdir: str, **sections) -> Path:
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": f"results/{outdir}", "threads": 1,
-           "input": {"file": "data/ct.h5", "layout": "nxtomo"}, "slabs": {"count": 2}, **sections}
+           "input": {"file": "data/ct.h5", "layout": "nxtomo"}, "slabs": {"count": 2, "per_job": 1}, **sections}
     path = work / f"{outdir}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -40,7 +40,7 @@ def work(tmp_path_factory):
 def config(work: Path, name: str, file: str, stage: str, stripe="fw", stages=()) -> Path:
     cfg = {"pipeline": "ct", "outdir": f"out-{name}", "threads": 1, "input": {"file": file, "stage": stage},
            "stripe": {"method": stripe}, "center": {"method": "manual", "center": 23.0},
-           "recon": {"algorithm": "gridrec"}, "slabs": {"count": 2},
+           "recon": {"algorithm": "gridrec"}, "slabs": {"count": 2, "per_job": 1},
            "save": {"previews": False, "stages": list(stages)}}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

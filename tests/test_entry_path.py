@@ -49,7 +49,7 @@ def test_rules_name_no_path_image_or_resource():
 
 
 def test_rule_directives_match_the_plan(tmp_path):
-    run = plans.plan(_ct_config(tmp_path))
+    run = plans.plan(_ct_config(tmp_path, slabs={"count": 3, "per_job": 1}))
     # four jobs would read the raw file: ct_rows reads it once for them (slabs.read_once auto)
     assert [j for j in run.jobs] == ["ct_rows", "ct_center", "ct_slab_0000", "ct_slab_0001", "ct_slab_0002",
                                      "ct_gather"]
@@ -80,7 +80,7 @@ def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):
         run.add_job("ct_slab", slab.steps[1:], 9)
     with pytest.raises(StepError, match="unwritten"):
         run.add_job("ct_slab", [s for s in slab.steps if s["step"] != "ct.recon"], 9)   # it writes the slab
-    wrong = plans.Stage("ct", "ct_slab", "pyfai", plans.pipeline_module("ct").SLAB.steps, indexed=True)
+    wrong = plans.Stage("ct", "ct_slab", "pyfai", plans.pipeline_module("ct").SLAB.steps, indexed=True, repeats=True)
     run.stages["ct_slab"] = wrong
     with pytest.raises(StepError, match="ct_slab_0009.*pyfai"):
         run.add_job("ct_slab", slab.steps, 9)

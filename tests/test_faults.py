@@ -47,7 +47,7 @@ def run_daisy(cwd: Path, config: Path, env: dict | None = None) -> subprocess.Co
 
 def ct_config(folder: Path, name: str, outdir: str, **changes) -> Path:
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": outdir, "threads": 1,
-           "input": {"file": "data/ct.h5"}, "slabs": {"count": 2}}
+           "input": {"file": "data/ct.h5"}, "slabs": {"count": 2, "per_job": 1}}
     cfg.update(changes)
     path = folder / name
     path.write_text(yaml.safe_dump(cfg))
@@ -187,7 +187,7 @@ def test_a_full_disk_is_a_named_error_and_leaves_nothing_half_written(work, tmpf
     disk = tmpfs(f"full-{read_once}", "160k")           # room for the config, jobs and records, not a slab
     config = ct_config(work, f"full-{read_once}.yaml", str(disk / "out"),
                        save={"previews": False, "compression": "none"},
-                       slabs={"count": 2, "read_once": read_once})
+                       slabs={"count": 2, "read_once": read_once, "per_job": 1})
     before = (work / "data" / "ct.h5").stat().st_mtime_ns
     res = run_daisy(work, config)
     text = res.stdout + res.stderr

@@ -65,13 +65,14 @@ def _ct_config(tmp_path, **changes):
 
 
 def test_plan_gives_the_gather_jobs_the_records_of_the_jobs_that_made_their_inputs(tmp_path):
-    run = plans.plan(_ct_config(tmp_path, slabs={"count": 3}))
+    run = plans.plan(_ct_config(tmp_path, slabs={"count": 3, "per_job": 1}))
     gather = run.jobs["ct_gather"]
     records = {k: v for k, v in gather.steps[0]["inputs"].items() if k.startswith("record_")}
     made_by = ["ct_center", "ct_slab_0000", "ct_slab_0001", "ct_slab_0002"]
     assert records == {f"record_{name}": run.record_file(name) for name in made_by}
     assert set(records.values()) <= set(gather.inputs)          # Snakemake orders the jobs by them
-    manual = plans.plan(_ct_config(tmp_path, center={"method": "manual", "center": 4.0}, slabs={"count": 2}))
+    manual = plans.plan(_ct_config(tmp_path, center={"method": "manual", "center": 4.0},
+                                   slabs={"count": 2, "per_job": 1}))
     assert [k for k in manual.jobs["ct_gather"].steps[0]["inputs"] if k.startswith("record_")] == \
         ["record_ct_slab_0000", "record_ct_slab_0001"]           # no centre job, no centre record
 
@@ -116,6 +117,44 @@ def test_records_of_one_stage_merge_into_one_process_per_step():
     assert load.date == slabs[0]["started"] and load.end_date == slabs[1]["ended"]
     assert procs[3].table.keys() == {"job", "started", "ended"} and procs[3].results == {"center": 4.5}
     assert procs[1].table is None and procs[1].results == {"center": 4.5}
+
+
+def test_passes_of_a_job_merge_like_jobs_and_a_step_of_one_pass_keeps_its_place():
+    """A slab job of several slabs runs the chain once per slab; only one pass writes the
+    preview: still one process per step, in chain order, the passes as rows of its table."""
+    def chain(a, b, preview=False):
+        return [("ct.load", {"row_start": a, "row_stop": b}, {}), ("ct.minus_log", {}, {}),
+                *([("ct.preview_sinogram", {"row": 5}, {})] if preview else []),
+                ("ct.recon", {"algorithm": "gridrec", "file_rows": [0, 8]}, {"center": 4.5})]
+    job = _record("ct_slab_0000", [*chain(0, 4), *chain(4, 8, preview=True)])
+    other = _record("ct_slab_0001", chain(8, 12, preview=True))
+    procs = processes([job, other])
+    assert [(p.step, p.job) for p in procs] == [("ct.load", "ct_slab"), ("ct.minus_log", "ct_slab"),
+                                                ("ct.preview_sinogram", "ct_slab"), ("ct.recon", "ct_slab")]
+    assert procs[0].table["job"] == ["ct_slab_0000#1", "ct_slab_0000#2", "ct_slab_0001"]
+    assert procs[0].table["row_start"] == [0, 4, 8]
+    assert procs[2].table["job"] == ["ct_slab_0000#2", "ct_slab_0001"]
+    assert procs[3].params == {"algorithm": "gridrec", "file_rows": [0, 8]}
+
+
+def test_slabs_are_grouped_into_jobs_of_consecutive_slabs(tmp_path, monkeypatch):
+    from daisy.pipelines import ct as ct_plan
+
+    run = plans.plan(_ct_config(tmp_path, slabs={"height": 2, "per_job": 2}))   # 6 rows: 3 slabs
+    slab_jobs = run.stage_jobs("ct_slab")
+    assert [j.name for j in slab_jobs] == ["ct_slab_0000", "ct_slab_0001"]
+    first = slab_jobs[0].steps
+    assert [s["params"]["row_start"] for s in first if s["step"] == "ct.load"] == [0, 2]
+    assert [s["params"]["file_rows"] for s in first if s["step"] == "ct.recon"] == [[0, 4], [0, 4]]
+    assert [s["step"] for s in first].count("ct.preview_sinogram") == 1       # the pass holding row 2
+    assert next(s for s in slab_jobs[1].steps if s["step"] == "ct.recon")["params"]["file_rows"] is None
+    # null: a tiny scan's slabs fill as few jobs as keep this machine's cores busy
+    monkeypatch.setattr(ct_plan, "usable_cores", lambda: 4)
+    cfg = _ct_config(tmp_path, slabs={"height": 2}, threads=2)
+    assert len(plans.plan(cfg).stage_jobs("ct_slab")) == 2
+    # much work per slab: every slab its own job
+    monkeypatch.setattr(ct_plan, "CHAIN_PIXELS_PER_THREAD_SECOND", 1e-3)
+    assert len(plans.plan(cfg).stage_jobs("ct_slab")) == 3
 
 
 def _slab_folder(tmp_path):

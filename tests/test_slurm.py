@@ -87,7 +87,7 @@ def data(tmp_path_factory, slurm):
     configs["ct"] = work / "ct.yaml"
     configs["ct"].write_text(yaml.safe_dump({
         "config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
-        "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": SLABS}}))
+        "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": SLABS, "per_job": 1}}))
     configs["xrd"] = work / "xrd.yaml"
     configs["xrd"].write_text(yaml.safe_dump({
         "config_version": 1, "pipeline": "xrd", "outdir": "results/xrd", "threads": 2,

@@ -1,9 +1,10 @@
-"""The CT pipeline's plan: a centre job, one reconstruction job per sinogram slab, a gather job.
+"""The CT pipeline's plan: a centre job, reconstruction jobs of one or more sinogram slabs, a gather job.
 
     ct_center          (tomopy)  load rows around the centre row -> normalize -> angles -> minus-log
                                  -> stripe -> find centre -> sinogram preview
-    ct_slab_NNNN x N   (tomopy)  load slab rows -> normalize -> angles -> minus-log -> stripe
-                                 -> reconstruct with the centre found, writing the slab as it goes
+    ct_slab_NNNN x N   (tomopy)  per slab of the job, one after another (slabs.per_job):
+                                 load slab rows -> normalize -> angles -> minus-log -> stripe
+                                 -> reconstruct with the centre found, writing the job's file as it goes
                                  (+ save.stages: the projections after normalize / minus-log / stripe)
     ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
                                  (+ one stage file per save.stages entry, gathered the same way);
@@ -21,8 +22,9 @@ from __future__ import annotations
 import math
 import os
 
+from daisy_steps.core import usable_cores
 from daisy_steps.ct.layouts import READ_BLOCK_BYTES, resolve_paths, resolve_stage
-from daisy_steps.ct.recon import check_params
+from daisy_steps.ct.recon import ANALYTIC, check_params
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
 from daisy_steps.h5 import get_dataset, open_file
@@ -121,6 +123,46 @@ def slab_bounds(cfg: dict, shape: tuple[int, int, int]) -> list[tuple[int, int]]
     return plan_slabs(0, rows, count=math.ceil(rows / height))
 
 
+#: projection pixels (angles x rows x columns) one thread takes through a slab's chain per second
+#: with gridrec (load, normalize, minus-log, stripe, reconstruct, write: about 39 s for 1500 x 1024
+#: x 1024 on 2 threads, docs/benchmarks.md); other algorithms cost about columns / 16 times more
+#: per iteration
+CHAIN_PIXELS_PER_THREAD_SECOND = 2.0e7
+#: slabs.per_job null: a job gets at least this much estimated work, so that its start (about 1 s
+#: on a workstation, a few seconds through Slurm: docs/slurm.md) stays a small part of it
+JOB_WORK_SECONDS = 30.0
+
+
+def slab_seconds(cfg: dict, shape: tuple[int, int, int], rows: int) -> float:
+    """A rough estimate of one slab's time through its job's chain (only for grouping slabs)."""
+    frames, _, cols = shape
+    recon = cfg["recon"]
+    factor = 1.0 if recon.get("algorithm", "gridrec") == "gridrec" else \
+        cols / 16 * (1 if recon.get("algorithm") in ANALYTIC else max(1, recon.get("num_iter") or 1))
+    return frames * rows * cols * factor / (CHAIN_PIXELS_PER_THREAD_SECOND * max(1, cfg["threads"]))
+
+
+def job_groups(cfg: dict, shape: tuple[int, int, int], bounds: list[tuple[int, int]]) -> list[list[int]]:
+    """The slabs of each slab job (consecutive indices; as equal in number as possible, the larger
+    groups first). A job reconstructs its slabs one after another in one process, so its memory
+    is one slab's; ``slabs.per_job`` null groups slabs until a job holds JOB_WORK_SECONDS of
+    estimated work, keeping at least as many jobs as this machine runs at once."""
+    count = len(bounds)
+    per_job = cfg["slabs"]["per_job"]
+    if per_job is None:
+        longest = max(slab_seconds(cfg, shape, r1 - r0) for r0, r1 in bounds)
+        per_job = max(1, int(JOB_WORK_SECONDS // max(longest, 1e-9)))
+        parallel = max(1, usable_cores() // max(1, cfg["threads"]))
+        per_job = min(per_job, math.ceil(count / parallel))
+    jobs = math.ceil(count / per_job)
+    sizes = [count // jobs + (1 if i < count % jobs else 0) for i in range(jobs)]
+    groups, pos = [], 0
+    for size in sizes:
+        groups.append(list(range(pos, pos + size)))
+        pos += size
+    return groups
+
+
 def _load(cfg: dict, start: int, stop: int, stage: str = "raw") -> dict:
     params = {k: cfg["input"][k] for k in LOAD_KEYS}
     params.update(row_start=start, row_stop=stop)
@@ -189,7 +231,8 @@ STAGES = (
           doc="rows around the centre row -> rotation centre"),
     Stage("ct", "ct_slab", "tomopy", ("ct.load", "ct.load_processed", *SLAB_PREPARE, "ct.preview_sinogram",
                                       "ct.recon", "ct.save_slab"),
-          indexed=True, doc="one sinogram slab -> one slab of the volume (+ the stages save.stages keeps)"),
+          indexed=True, repeats=True,
+          doc="sinogram slabs, one after another -> one file of the volume's rows (+ the stages save.stages keeps)"),
     Stage("ct", "ct_gather", "base", ("ct.gather",) * 4,
           doc="slabs -> virtual volume, previews, TIFF (+ one virtual stage file per save.stages entry)"),
 )
@@ -236,9 +279,10 @@ def plan(run: Run) -> None:
     if manual and cfg["center"]["center"] is None:
         raise StepError("config field 'center.center' is required when 'center.method' is manual")
     bounds = slab_bounds(cfg, shape)
+    groups = job_groups(cfg, shape, bounds)
     centre = None if manual else center_rows(cfg, shape[1])
     parts: dict[str, tuple[int, int]] = {}
-    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None)):
+    if read_once(cfg, origin["layout"], stage, len(groups) + (centre is not None)):
         parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
         if centre:
             parts["rows_center"] = centre
@@ -269,29 +313,38 @@ def plan(run: Run) -> None:
     recon = {**cfg["recon"], "center": cfg["center"]["center"] if manual else None}
     center_input = {} if manual else {"center": run.output("ct_center", "center")}
     slab_params = {"compression": save["compression"], "gzip_level": save["gzip_level"]}
-    for index, (r0, r1) in enumerate(bounds):
-        keep = {name: {"step": "ct.save_stage", "outputs": {"slab": run.output("ct_slab", f"stage_{name}", index)},
-                       "params": {"stage": name, "stripe_method": cfg["stripe"]["method"],
-                                  "source_provenance": "../../provenance.json", **slab_params}}
-                for name in save["stages"]}
-        steps = [load(f"rows_{index:04d}", r0, r1), *_prepare(cfg, stage, keep)]
-        if save["previews"]:  # the slab's middle sinogram, minus-logged, is in memory here already
-            steps.append({"step": "ct.preview_sinogram", "params": {"row": (r0 + r1) // 2},
-                          "outputs": {"png": run.output("ct_slab", "preview", index)}})
-        # ct.recon writes the slab file block by block while it reconstructs (no ct.save_slab)
-        steps.append({"step": "ct.recon", "params": {**recon, **slab_params, "keep_volume": False}, "inputs": center_input,
-                      "outputs": {"slab": run.output("ct_slab", "slab", index)}})
-        run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, r1 - r0))
+    for index, members in enumerate(groups):
+        file_rows = (bounds[members[0]][0], bounds[members[-1]][1])
+        # one file per job: with several slabs, each writes its rows into it (param file_rows)
+        in_file = {"file_rows": list(file_rows) if len(members) > 1 else None}
+        middle = sum(file_rows) // 2
+        steps = []
+        for member in members:
+            r0, r1 = bounds[member]
+            keep = {name: {"step": "ct.save_stage",
+                           "outputs": {"slab": run.output("ct_slab", f"stage_{name}", index)},
+                           "params": {"stage": name, "stripe_method": cfg["stripe"]["method"],
+                                      "source_provenance": "../../provenance.json", **slab_params, **in_file}}
+                    for name in save["stages"]}
+            steps += [load(f"rows_{member:04d}", r0, r1), *_prepare(cfg, stage, keep)]
+            if save["previews"] and r0 <= middle < r1:  # the job's middle sinogram, minus-logged, in memory here
+                steps.append({"step": "ct.preview_sinogram", "params": {"row": middle},
+                              "outputs": {"png": run.output("ct_slab", "preview", index)}})
+            # ct.recon writes the job's file block by block while it reconstructs (no ct.save_slab)
+            steps.append({"step": "ct.recon", "params": {**recon, **slab_params, "keep_volume": False, **in_file},
+                          "inputs": center_input, "outputs": {"slab": run.output("ct_slab", "slab", index)}})
+        tallest = max(bounds[m][1] - bounds[m][0] for m in members)
+        run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, tallest))
 
-    slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(bounds))}
+    slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(groups))}
     # the records of the jobs that made the volume: its NXprocess groups (daisy_steps/nxprocess.py)
-    made_by = [*([] if manual else ["ct_center"]), *(SLAB.job_name(i) for i in range(len(bounds)))]
+    made_by = [*([] if manual else ["ct_center"]), *(SLAB.job_name(i) for i in range(len(groups)))]
     records = {f"record_{name}": run.record_file(name) for name in made_by}
     outputs = {slot: run.output("ct_gather", slot) for slot in run.outputs["ct_gather"]}
     volume_outputs = {slot: path for slot, path in outputs.items() if not slot.startswith("stage_")}
     gathers = [{"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": volume_outputs}]
     for name in save["stages"]:
-        parts = {f"slab_{i:04d}": run.output("ct_slab", f"stage_{name}", i) for i in range(len(bounds))}
+        parts = {f"slab_{i:04d}": run.output("ct_slab", f"stage_{name}", i) for i in range(len(groups))}
         gathers.append({"step": "ct.gather", "params": {"dataset": "/entry/data/data"},
                         "inputs": {**parts, **records}, "outputs": {"volume": outputs[f"stage_{name}"]}})
     run.add_job("ct_gather", gathers, threads=1, mem_mb=512, runtime_min=15)

@@ -92,6 +92,26 @@ def hdf5_output(step: str, final, temporary, estimate: int, **kwargs):
             out.write(image)
 
 
+def open_part(step: str, ctx, slot: str, rows, file_rows, nbytes: int) -> tuple[h5py.File, bool]:
+    """The temporary file of output ``slot`` opened for one part of it, detector rows ``rows``
+    of the file's ``file_rows`` (a job of several slabs): created by the part that starts the
+    file, opened for writing by the others, which follow it in the same job. Refused, naming the
+    file, when the rows are not the file's or the disk has no room for the part's ``nbytes``
+    (HDF5 cannot recover from a full disk mid-file). Returns (file, whether it was created)."""
+    final = ctx.final_output(slot).path
+    if not file_rows[0] <= rows[0] < rows[1] <= file_rows[1]:
+        raise StepError(f"{step}: rows {rows[0]}:{rows[1]} are not rows of {final} "
+                        f"(file_rows {file_rows[0]}:{file_rows[1]})")
+    path = ctx.output(slot).path
+    free = free_bytes(path.parent)
+    if free < nbytes + METADATA_BYTES:
+        raise StepError(f"{step}: cannot write {final}: no space left on the device (rows {rows[0]}:{rows[1]} "
+                        f"need {(nbytes + METADATA_BYTES) >> 20} MiB, {free >> 20} MiB free)")
+    first = rows[0] == file_rows[0]
+    with writing(step, final):
+        return h5py.File(path, "w" if first else "r+", track_order=False), first
+
+
 def slice_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     """Chunks of one slice along the first axis (whole slice up to 4 MiB, else row bands)."""
     _, ny, nx = shape
@@ -179,10 +199,11 @@ class SaveStage(Step):
     ``slab``: NXdata ``/entry/data/data`` with attributes ``row_offset``, ``detector_rows``,
     ``daisy_stage`` (normalized or attenuation: what a later run's input.stage reads),
     ``saved_stage`` and ``stripe_removed``; ``/entry/data/rotation_angle`` (rad). ct.gather
-    joins the slabs into one file that ct.load_processed reads (layout ``stage``)."""
+    joins the slabs into one file that ct.load_processed reads (layout ``stage``). With
+    ``file_rows`` the slab is one part of the file (a job of several slabs)."""
 
     name = "ct.save_stage"
-    version = "1.0.0"
+    version = "1.1.0"
     images = ("tomopy", "base", "pyfai")  # numpy, h5py, hdf5plugin
     libraries = ("numpy", "h5py", "hdf5plugin")
     requires = {"proj": Port("ndarray", "projections (angles, rows, columns) float32 at the stage saved"),
@@ -199,17 +220,36 @@ class SaveStage(Step):
             raise StepError(f"{self.name}: projections {proj.shape} and {theta.size} angles do not fit")
         stage, made_by = SAVED_STAGES[p["stage"]]
         sino = np.ascontiguousarray(proj.transpose(1, 0, 2))
-        rows = self.store.get("rows", (0, sino.shape[0]))
+        rows = tuple(self.store.get("rows", (0, sino.shape[0])))
         ref = self.ctx.output("slab")
-        with hdf5_output(self.name, self.ctx.final_output("slab").path, ref.path, sino.nbytes,
-                         track_order=False) as handle:
+        final = self.ctx.final_output("slab").path
+        file_rows = p["file_rows"]
+        if file_rows is None:
+            output = hdf5_output(self.name, final, ref.path, sino.nbytes, track_order=False)
+        else:                            # one slab of a job's file
+            output = contextlib.closing(open_part(self.name, self.ctx, "slab", rows, file_rows, sino.nbytes)[0])
+        with output as handle, writing(self.name, final):
+            if "/entry/data/data" in handle:    # a later part: its rows only
+                dset = handle["/entry/data/data"]
+                offset = rows[0] - file_rows[0]
+                if dset.shape[1:] != sino.shape[1:]:
+                    raise StepError(f"{self.name}: projections {sino.shape[1:]} do not fit {final}'s {dset.shape[1:]}")
+                dset[offset:offset + sino.shape[0]] = sino
+                self.ctx.results.update(stage=p["stage"], row_offset=int(rows[0]), shape=list(sino.shape))
+                return
             handle.attrs["default"] = "entry"
             entry = nx_group(handle, "/entry", "NXentry")
             group = nx_group(handle, "/entry/data", "NXdata")
             entry.attrs["default"] = "data"
             write_stage_axes(group, theta)
-            dset = group.create_dataset("data", data=sino, chunks=slice_chunks(sino.shape, sino.dtype.itemsize),
-                                        track_times=False, **compression_options(p["compression"], p["gzip_level"]))
+            whole = file_rows is None
+            shape = sino.shape if whole else (file_rows[1] - file_rows[0], *sino.shape[1:])
+            dset = group.create_dataset("data", shape=shape, dtype=sino.dtype, data=sino if whole else None,
+                                        chunks=slice_chunks(shape, sino.dtype.itemsize), track_times=False,
+                                        **compression_options(p["compression"], p["gzip_level"]))
+            if not whole:
+                dset[:sino.shape[0]] = sino
+            rows = file_rows or rows
             dset.attrs["row_offset"] = int(rows[0])
             dset.attrs["detector_rows"] = int(self.store.get("detector_rows", rows[1]))
             dset.attrs["daisy_stage"] = stage

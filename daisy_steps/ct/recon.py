@@ -152,11 +152,12 @@ class Recon(Step):
 
     Output slot ``slab`` (optional): the slab file (ct.save_slab's layout); with ``keep_volume``
     false each block of rows goes there while the next is reconstructed
-    (:mod:`daisy_steps.ct.slab_writer`) and ``recon`` is neither held whole nor kept.
+    (:mod:`daisy_steps.ct.slab_writer`) and ``recon`` is neither held whole nor kept. With
+    ``file_rows`` the slab is one part of the file (a job reconstructing several slabs in turn).
     """
 
     name = "ct.recon"
-    version = "1.4.0"
+    version = "1.5.0"
     images = ("tomopy",)
     libraries = ("numpy", "tomopy")
     requires = {"proj": Port("ndarray", "minus-logged projections, float32 (angles, rows, columns)"),
@@ -210,10 +211,15 @@ class Recon(Step):
         del proj
         self.store.discard("proj")
         block = recon_block(rows, self.ctx.threads)
+        slab_rows = tuple(self.store.get("rows", (0, rows)))
+        file_rows = p["file_rows"]
+        if file_rows is not None and (p["keep_volume"] or not self.ctx.has_output("slab")):
+            raise StepError(f"{self.name}: file_rows needs output slot 'slab' and keep_volume false")
+        # one part of a job's file is always streamed (open_part refuses a disk without room)
         stream = (self.ctx.has_output("slab") and not p["keep_volume"]
-                  and SlabWriter.fits(self.ctx, 4 * rows * cols * cols))
+                  and (file_rows is not None or SlabWriter.fits(self.ctx, 4 * rows * cols * cols)))
         writer = SlabWriter(self.name, self.ctx, (rows, cols, cols), block, p["compression"],
-                            p["gzip_level"]) if stream else None
+                            p["gzip_level"], slab_rows, file_rows) if stream else None
         recon = None if writer else np.empty((rows, cols, cols), dtype=np.float32)
         warned = []
         try:
@@ -245,10 +251,9 @@ class Recon(Step):
             self.store.put("recon", recon)
         if not self.ctx.has_output("slab"):
             return
-        slab_rows = self.store.get("rows", (0, rows))
         detector_rows = int(self.store.get("detector_rows", slab_rows[1]))
         if writer:
-            writer.finish(slab_rows, detector_rows, info)
+            writer.finish(file_rows or slab_rows, detector_rows, info)
         else:                                    # too little room to stream: ct.save_slab's way, at the end
             write_slab(self.name, self.ctx, recon, slab_rows, detector_rows, info, p["compression"], p["gzip_level"])
         self.ctx.results.update(row_offset=int(slab_rows[0]), written=True, peak_rss_mib=peak_rss_mib())

@@ -16,21 +16,37 @@ import h5py
 import numpy as np
 
 from ..errors import StepError
-from .output import METADATA_BYTES, SLAB_DATASET, free_bytes, os_reason, slab_attributes, slab_dataset
+from .output import METADATA_BYTES, SLAB_DATASET, free_bytes, open_part, os_reason, slab_attributes, slab_dataset
 
 BUFFERS = 3
 
 
 class SlabWriter:
     """A slab file filled block by block from a thread; ``buffer(n)`` gives a free block buffer,
-    ``put(r0, block)`` queues it, ``finish(info)`` writes the attributes and closes."""
+    ``put(r0, block)`` queues it, ``finish(info)`` writes the attributes and closes. With
+    ``file_rows``, the slab (detector ``rows``) is one part of a job's file (ct.recon's param)."""
 
     def __init__(self, step: str, ctx, shape: tuple[int, int, int], block: int, compression: str,
-                 gzip_level: int) -> None:
+                 gzip_level: int, rows=None, file_rows=None) -> None:
         self.step, self.final = step, ctx.final_output("slab").path
+        self.thread: threading.Thread | None = None
         ref = ctx.output("slab")
-        self.handle = h5py.File(ref.path, "w", track_order=False)
-        self.dset = slab_dataset(self.handle, ref.dataset or SLAB_DATASET, shape, np.float32, compression, gzip_level)
+        dataset = ref.dataset or SLAB_DATASET
+        self.offset = 0                  # of the slab's first row in the file
+        if file_rows is None:
+            self.handle = h5py.File(ref.path, "w", track_order=False)
+            self.dset = slab_dataset(self.handle, dataset, shape, np.float32, compression, gzip_level)
+        else:                            # one slab of a job's file (ct.recon's file_rows)
+            self.handle, first = open_part(step, ctx, "slab", rows, file_rows, 4 * int(np.prod(shape)))
+            if first:
+                full = (file_rows[1] - file_rows[0], *shape[1:])
+                self.dset = slab_dataset(self.handle, dataset, full, np.float32, compression, gzip_level)
+            else:
+                self.dset = self.handle[dataset]
+            if self.dset.shape[1:] != tuple(shape[1:]):
+                self.abort()
+                raise StepError(f"{step}: slices {shape[1:]} do not fit {self.final}'s {self.dset.shape[1:]}")
+            self.offset = rows[0] - file_rows[0]
         blocks = -(-shape[0] // block)
         self.free: queue.Queue = queue.Queue()
         for _ in range(min(BUFFERS, blocks)):
@@ -65,7 +81,7 @@ class SlabWriter:
             r0, block = item
             try:
                 if self.error is None:
-                    self.dset[r0:r0 + block.shape[0]] = block
+                    self.dset[self.offset + r0:self.offset + r0 + block.shape[0]] = block
             except BaseException as exc:       # reported to the step by _check / finish
                 self.error = exc
             self.free.put(block.base if block.base is not None else block)
