@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """DAISY through Slurm (profiles/slurm) against the workstation profile, on the same data.
 
-A = `daisy run ct --profile slurm` (each slab its own Slurm job, or a variant: see --variants),
-B = `daisy run ct --profile workstation`, alternating B, A, B, A on the same raw scan, each run in a
-fresh working directory. Scans: the CT demo (phantom 128 x 181 x 184, 2 slabs: 4 jobs) and the same
-scan cut into 64 slabs (66 jobs). Reports the medians, the ratio A/B, the per-job overhead
+A = `daisy run ct --profile slurm` (the plan's jobs, or a variant: see --variants; per_slab: each
+slab its own Slurm job), B = `daisy run ct --profile workstation`, alternating B, A, B, A on the
+same raw scan, each run in a fresh working directory. Scans: the CT demo (phantom 128 x 181 x 184,
+or --raw FILE), in 2 slabs, and cut into 64 slabs (grouped into jobs by the plan, slabs.per_job
+null, unless the variant says otherwise). Reports the medians, the ratio A/B, the per-job overhead
 (A - B) / jobs, and checks that every volume is bit-identical to the workstation's.
 Target: the 64-slab scan through Slurm <= 1.3 x the workstation wall time on one node.
 
@@ -14,6 +15,7 @@ docs/benchmarks.md; `--json FILE` writes every run.
     python3 bench/slurm_vs_workstation.py                       # demo + 64 slabs, 2 repeats
     python3 bench/slurm_vs_workstation.py --scans 64 --variants jobs,group16 --repeats 1
     python3 bench/slurm_vs_workstation.py --scans demo --variants jobs,init40   # before/after tuning
+    python3 bench/slurm_vs_workstation.py --scans 64 --variants jobs,per_slab --raw /data/ct-1500x1024x1024.h5
 """
 
 from __future__ import annotations
@@ -35,13 +37,16 @@ sys.path.insert(0, str(REPO))
 #: CPUs of a node (one node here): a group job may use this many; without ``--cores`` Snakemake sums
 #: the threads of all slabs of a group (16 x 2 = 32 CPUs) and the job never starts
 NODE_CPUS = str(os.cpu_count() or 1)
-#: Slurm variants: extra snakemake arguments after the profile's
+#: Slurm variants: extra snakemake arguments after the profile's, and changes to the config's
+#: ``slabs`` section (the workstation runs the config unchanged: slabs grouped into jobs by the plan)
 VARIANTS = {
-    "jobs": [],                                                     # the profile as committed
-    "init40": ["--slurm-init-seconds-before-status-checks", "40"],  # the plugin's default (before)
-    "group16": ["--groups", "ct_slab=slabs", "--group-components", "slabs=16", "--cores", NODE_CPUS],
-    "group8": ["--groups", "ct_slab=slabs", "--group-components", "slabs=8", "--cores", NODE_CPUS],
-    "array": ["--slurm-array-jobs", "ct_slab"],
+    "jobs": ([], {}),                                                    # the profile as committed
+    "per_slab": ([], {"per_job": 1}),                                    # every slab its own Slurm job
+    "init40": (["--slurm-init-seconds-before-status-checks", "40"], {}),  # the plugin's default (before)
+    "unbounded": (["--slurm-init-seconds-before-status-checks", "2"], {"_env": {"DAISY_SLURM_MAX_STATUS_SECONDS": "0"}}),
+    "group16": (["--groups", "ct_slab=slabs", "--group-components", "slabs=16", "--cores", NODE_CPUS],
+                {"per_job": 1}),
+    "array": (["--slurm-array-jobs", "ct_slab"], {"per_job": 1}),
 }
 SCANS = {"demo": 2, "64": 64}
 
@@ -52,23 +57,23 @@ def make_data(folder: Path) -> Path:
     return make_ct_data(folder, "small")["nxtomo"].resolve()
 
 
-def write_config(path: Path, raw: Path, slabs: int) -> Path:
+def write_config(path: Path, raw: Path, slabs: int, changes: dict | None = None) -> Path:
     import yaml
 
     path.write_text(yaml.safe_dump({"config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
                                     "input": {"file": str(raw)}, "stripe": {"method": "fw"},
-                                    "slabs": {"count": slabs}}))
+                                    "slabs": {"count": slabs, **(changes or {})}}))
     return path
 
 
-def run(config: Path, workdir: Path, profile: str, extra: list[str]) -> dict:
+def run(config: Path, workdir: Path, profile: str, extra: list[str], env_changes: dict | None = None) -> dict:
     """One `daisy run ct` in a fresh ``workdir``; its wall time and the slurm job ids."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "daisy", "run", "ct", "--config", str(config), "--profile", profile]
     if extra:
         cmd += ["--", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_changes or {})}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -96,6 +101,8 @@ def main() -> int:
     parser.add_argument("--variants", default="jobs,group16", help="Slurm variants: " + ", ".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", help="folder for data and runs (default: a temporary one)")
+    parser.add_argument("--raw", help="a raw scan to use instead of the demo phantom (e.g. bench/make_ct_data.py's "
+                                      "1500 x 1024 x 1024: 64 slabs of 16 rows)")
     parser.add_argument("--json", help="write every run here")
     args = parser.parse_args()
     import numpy as np
@@ -105,17 +112,20 @@ def main() -> int:
     if subprocess.run(["bash", str(REPO / "scripts/slurm.sh"), "status"], capture_output=True).returncode:
         raise SystemExit("Slurm is not running: bash scripts/slurm.sh start")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="daisy-slurm-bench-"))
-    raw = make_data(work / "data")
+    raw = Path(args.raw).resolve() if args.raw else make_data(work / "data")
     results = {"machine": machine(), "runs": [], "summary": []}
     print(f"machine: {results['machine']['cores']} cores, load {results['machine']['load_avg']}; work {work}")
     for scan in args.scans.split(","):
-        config = write_config(work / f"ct-{scan}.yaml", raw, SCANS[scan])
         walls: dict[str, list[float]] = {}
         reference = None
         for repeat in range(args.repeats):
             for name in ["workstation", *args.variants.split(",")]:
-                profile, extra = ("workstation", []) if name == "workstation" else ("slurm", VARIANTS[name])
-                out = run(config, work / "runs" / f"{scan}-{name}", profile, extra)
+                profile, (extra, changes) = ("workstation", ([], {})) if name == "workstation" \
+                    else ("slurm", VARIANTS[name])
+                changes = dict(changes)
+                env_changes = changes.pop("_env", {})
+                config = write_config(work / f"ct-{scan}-{name}.yaml", raw, SCANS[scan], changes)
+                out = run(config, work / "runs" / f"{scan}-{name}", profile, extra, env_changes)
                 vol = volume(work / "runs" / f"{scan}-{name}")
                 if reference is None:
                     reference = vol

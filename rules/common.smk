@@ -22,6 +22,12 @@ except daisy_workflow.SETUP_ERRORS as exc:  # one clear line: the field, file or
     raise WorkflowError(f"DAISY: {exc}") from None
 
 
+# Through Slurm: a job's end is seen within a few seconds, however long it ran (daisy/slurm_status.py).
+from daisy import slurm_status  # noqa: E402
+
+slurm_status.bound_status_checks()
+
+
 # The directives of each stage's rule (patterns, image, inputs, resources), from the plan.
 # A cluster job also holds the executor's own Snakemake processes: they get WRAPPER_MB on top.
 STAGE = daisy_workflow.rule_specs(RUN, wrapper_mb=lambda: 0 if workflow.local_exec else daisy_workflow.WRAPPER_MB)

@@ -265,3 +265,29 @@ def test_stopped_run_resumes_without_redoing_finished_jobs(data, workstation):
     assert json.loads((run_dir / "results/ct/provenance.json").read_text())["status"] == "completed"
     assert len(records(run_dir, "ct")) == SLABS + 3                  # + ct_rows, ct_center, ct_gather
     assert np.array_equal(ct_volume(run_dir), ct_volume(workstation / "ws-ct"))
+
+
+def test_status_check_interval_is_bounded(monkeypatch):
+    """The plugin's interval grows by 10 s per check while no job ends; DAISY keeps it at most
+    DAISY_SLURM_MAX_STATUS_SECONDS (no cluster needed)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm import Executor
+
+    from daisy import slurm_status
+
+    monkeypatch.setenv(slurm_status.ENV, "5")
+    assert slurm_status.bound_status_checks()
+    executor = object.__new__(Executor)           # only its interval attribute is used
+    executor.next_seconds_between_status_checks = 2
+    assert executor.next_seconds_between_status_checks == 2
+    executor.next_seconds_between_status_checks = 2 + 10
+    assert executor.next_seconds_between_status_checks == 5
+    monkeypatch.setenv(slurm_status.ENV, "0")          # off: the plugin's own growth
+    assert not slurm_status.bound_status_checks()
+    executor.next_seconds_between_status_checks = 42
+    assert executor.next_seconds_between_status_checks == 42
+    monkeypatch.setenv(slurm_status.ENV, "soon")
+    with pytest.raises(ValueError, match="DAISY_SLURM_MAX_STATUS_SECONDS"):
+        slurm_status.bound_status_checks()
+    monkeypatch.setenv(slurm_status.ENV, "5")
+    assert slurm_status.bound_status_checks()
