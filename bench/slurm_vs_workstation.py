@@ -43,6 +43,7 @@ VARIANTS = {
     "jobs": ([], {}),                                                    # the profile as committed
     "per_slab": ([], {"per_job": 1}),                                    # every slab its own Slurm job
     "init40": (["--slurm-init-seconds-before-status-checks", "40"], {}),  # the plugin's default (before)
+    "poll2": ([], {"_env": {"DAISY_SLURM_MAX_STATUS_SECONDS": "2"}}),     # a status check every 2 s
     "unbounded": (["--slurm-init-seconds-before-status-checks", "2"], {"_env": {"DAISY_SLURM_MAX_STATUS_SECONDS": "0"}}),
     "group16": (["--groups", "ct_slab=slabs", "--group-components", "slabs=16", "--cores", NODE_CPUS],
                 {"per_job": 1}),
@@ -112,6 +113,7 @@ def main() -> int:
     if subprocess.run(["bash", str(REPO / "scripts/slurm.sh"), "status"], capture_output=True).returncode:
         raise SystemExit("Slurm is not running: bash scripts/slurm.sh start")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="daisy-slurm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     raw = Path(args.raw).resolve() if args.raw else make_data(work / "data")
     results = {"machine": machine(), "runs": [], "summary": []}
     print(f"machine: {results['machine']['cores']} cores, load {results['machine']['load_avg']}; work {work}")

@@ -308,7 +308,7 @@ class _Renderer:
         if status == "failed":
             props["error"] = record.get("error") or "failed"
         slurm = record.get("slurm") if isinstance(record.get("slurm"), dict) else {}
-        if slurm.get("job_id"):        # ran as a Slurm job (daisy_steps.core.add_slurm_record)
+        if slurm.get("job_id"):        # ran as a Slurm job (daisy_steps.slurm_record.add)
             props["description"] += (f"; Slurm job {slurm['job_id']} on node {slurm.get('node') or '?'}, "
                                      f"partition {slurm.get('partition') or '?'}")
             usage = {"slurm_job_id": slurm["job_id"], "slurm_node": slurm.get("node"),

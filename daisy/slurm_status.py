@@ -7,7 +7,7 @@ this costs a run whose jobs last a minute up to 50 s per job between its end and
 submission: a job that runs 32 s is seen finished at 52 s (checks at 2, 14, 36, 68 ... s after
 it started). DAISY's profile asks ``squeue`` for the run's own jobs (one query per check, by the
 run's name; docs/slurm.md), so it keeps the interval at most ``DAISY_SLURM_MAX_STATUS_SECONDS``
-(default 5 s): the plugin's growth still applies below that bound.
+(default 3 s): the plugin's growth still applies below that bound.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 ENV = "DAISY_SLURM_MAX_STATUS_SECONDS"
-DEFAULT_MAX_SECONDS = 5.0
+DEFAULT_MAX_SECONDS = 3.0
 
 
 def max_seconds() -> float | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__ as steps_version
+from . import slurm_record
 from .errors import StepError
 from .fileio import FileRef, OutputSet, sha256_file, write_json_atomic
 from .params import resolve
@@ -412,7 +413,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     record["outputs"] = {str(p): _describe(p, hash_limit) for p in finals}
     record["libraries"] = libraries
     record["ended"] = now()
-    add_slurm_record(record)
+    slurm_record.add(record)
     if job.get("record"):
         write_json_atomic(job["record"], record)
         failed_record_path(job["record"]).unlink(missing_ok=True)   # an earlier attempt's failure
@@ -422,42 +423,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _warnings(record: dict[str, Any]) -> list[str]:
     """Every step's warnings, ``"<step>: <warning>"`` in step order (the record's ``warnings``)."""
     return [f"{entry['step']}: {line}" for entry in record["steps"] for line in entry.get("warnings", [])]
-
-
-#: SLURM_* variables a job record keeps -> their key in ``record["slurm"]`` (the Slurm profile's
-#: apptainer-args pass them through ``--cleanenv``; docs/slurm.md)
-SLURM_VARIABLES = {"SLURM_JOB_ID": "job_id", "SLURM_ARRAY_JOB_ID": "array_job_id",
-                   "SLURM_ARRAY_TASK_ID": "array_task_id", "SLURMD_NODENAME": "node",
-                   "SLURM_JOB_PARTITION": "partition", "SLURM_JOB_ACCOUNT": "account",
-                   "SLURM_CLUSTER_NAME": "cluster", "SLURM_RESTART_COUNT": "restarts"}
-
-
-def add_slurm_record(record: dict[str, Any]) -> None:
-    """``record["slurm"]`` when the job runs under Slurm: its job id, node, partition (SLURM_*
-    variables), what it asked for (CPUs, memory) and what it used: the CPUs it may run on, this
-    process's peak RSS and CPU time (getrusage: no accounting database needed), wall seconds, and
-    the image file Apptainer ran. Nothing outside Slurm."""
-    import resource
-
-    env = os.environ
-    if not env.get("SLURM_JOB_ID"):
-        return
-    info: dict[str, Any] = {key: env[name] for name, key in SLURM_VARIABLES.items() if env.get(name)}
-    number = lambda name: int(env[name]) if env.get(name, "").isdigit() else None  # noqa: E731
-    cpus = number("SLURM_CPUS_PER_TASK")
-    mem = number("SLURM_MEM_PER_NODE") or ((number("SLURM_MEM_PER_CPU") or 0) * (cpus or 1)) or None
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
-        elapsed = round((datetime.now(timezone.utc) - datetime.fromisoformat(record["started"])).total_seconds(), 3)
-    except (KeyError, TypeError, ValueError):
-        elapsed = None
-    info["requested"] = {"cpus": cpus, "mem_mb": mem}
-    info["used"] = {"cpus": usable_cores(), "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1),
-                    "cpu_seconds": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
-                    "elapsed_seconds": elapsed}
-    if env.get("APPTAINER_CONTAINER"):
-        info["image_file"] = env["APPTAINER_CONTAINER"]
-    record["slurm"] = info
 
 
 def failed_record_path(record_path: str | os.PathLike) -> Path:
@@ -491,7 +456,7 @@ def _write_failed_record(job: dict[str, Any], record: dict[str, Any], exc: BaseE
         inputs = {FileRef.parse(v).path for s in job.get("steps", []) if isinstance(s, dict)
                   for v in s.get("inputs", {}).values()}
         record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(inputs) if p.is_file()}
-        add_slurm_record(record)
+        slurm_record.add(record)
         write_json_atomic(job["record"], record)
         write_json_atomic(failed_record_path(job["record"]), record)
     except Exception as error:  # noqa: BLE001

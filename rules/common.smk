@@ -29,12 +29,15 @@ slurm_status.bound_status_checks()
 
 
 # The directives of each stage's rule (patterns, image, inputs, resources), from the plan.
-# A cluster job also holds the executor's own Snakemake processes: they get WRAPPER_MB on top.
-STAGE = daisy_workflow.rule_specs(RUN, wrapper_mb=lambda: 0 if workflow.local_exec else daisy_workflow.WRAPPER_MB)
+# A cluster job also holds the executor's own Snakemake processes: they get WRAPPER_MB on top
+# (in the submitting Snakemake, and in the job's own, which formats the shell command).
+STAGE = daisy_workflow.rule_specs(
+    RUN, wrapper_mb=lambda: 0 if workflow.local_exec and workflow.is_main_process else daisy_workflow.WRAPPER_MB)
 
 
-# Every step job: its chain of steps runs in one process in the stage's pinned image.
-JOB_SHELL = "python3 -m daisy_steps run --job {input.job:q} > {log:q} 2>&1"
+# Every step job: its chain of steps runs in one process in the stage's pinned image. The memory
+# asked for (the plan's, times the attempt) goes into a Slurm job's record (daisy_steps/slurm_record.py).
+JOB_SHELL = "DAISY_JOB_MEM_MB={resources.mem_mb} python3 -m daisy_steps run --job {input.job:q} > {log:q} 2>&1"
 
 
 rule job_file:

@@ -127,8 +127,12 @@ def records(run_dir: Path, pipeline: str) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob(f"{pipeline}_*.json"))}
 
 
-def check_slurm_records(recs: dict[str, dict], plan_threads: dict[str, int]) -> None:
-    """Every job ran as its own Slurm job, on this node, with the plan's threads as its CPUs."""
+def check_slurm_records(recs: dict[str, dict], plan_jobs: dict) -> None:
+    """Every job ran as its own Slurm job, on this node, with the plan's threads as its CPUs and
+    the plan's memory (times the attempt, plus the wrappers' allowance) as its --mem."""
+    from daisy.workflow import WRAPPER_MB
+
+    plan_threads = {name: job.threads for name, job in plan_jobs.items()}
     ids = [r["slurm"]["job_id"] for r in recs.values()]
     assert len(set(ids)) == len(recs), f"jobs share Slurm jobs: {ids}"
     for name, rec in recs.items():
@@ -137,15 +141,17 @@ def check_slurm_records(recs: dict[str, dict], plan_threads: dict[str, int]) -> 
         assert info["requested"]["cpus"] == plan_threads[name], (name, info)
         assert info["used"]["cpus"] == plan_threads[name], (name, info)     # the CPUs it may run on
         assert info["used"]["max_rss_mb"] > 0 and info["used"]["elapsed_seconds"] is not None
+        asked = [(plan_jobs[name].mem_mb + WRAPPER_MB) * attempt for attempt in (1, 2, 3)]
+        assert info["requested"]["mem_mb"] in asked, (name, info, asked)
         assert f"@sha256-{rec['image']['sha256']}.sif" in info.get("image_file", ""), info  # the locked SIF ran
 
 
-def plan_threads(config: Path) -> dict[str, int]:
+def plan_jobs(config: Path) -> dict:
     from daisy.plan import plan
     from daisy.workflow import read_config
 
     cfg = read_config(config)
-    return {name: job.threads for name, job in plan(cfg, source=str(config)).jobs.items()}
+    return plan(cfg, source=str(config)).jobs
 
 
 def test_ct_through_slurm_is_identical(data, workstation):
@@ -157,7 +163,7 @@ def test_ct_through_slurm_is_identical(data, workstation):
     assert np.array_equal(ct_volume(work / "sl-ct"), ct_volume(workstation / "ws-ct"))
     recs = records(work / "sl-ct", "ct")
     assert set(recs) == {"ct_rows", "ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}
-    check_slurm_records(recs, plan_threads(configs["ct"]))
+    check_slurm_records(recs, plan_jobs(configs["ct"]))
     prov = json.loads((work / "sl-ct/results/ct/provenance.json").read_text())
     assert prov["status"] == "completed"
     assert all(job["slurm"]["job_id"] for job in prov["jobs"].values())
@@ -171,7 +177,7 @@ def test_xrd_through_slurm_is_identical(data, workstation):
     assert ours.keys() == theirs.keys() and ours
     for key in ours:
         assert np.array_equal(ours[key], theirs[key]), key
-    check_slurm_records(records(work / "sl-xrd", "xrd"), plan_threads(configs["xrd"]))
+    check_slurm_records(records(work / "sl-xrd", "xrd"), plan_jobs(configs["xrd"]))
 
 
 def _state(job_id: str) -> str:
@@ -291,3 +297,4 @@ def test_status_check_interval_is_bounded(monkeypatch):
         slurm_status.bound_status_checks()
     monkeypatch.setenv(slurm_status.ENV, "5")
     assert slurm_status.bound_status_checks()
+

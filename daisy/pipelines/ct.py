@@ -97,6 +97,12 @@ def job_memory_mb(shape: tuple[int, int, int], rows: int) -> int:
     return int(200 + 64 + max(moving, reconstructing))
 
 
+#: tomopy.find_center_vo searches in child processes (tomopy's distribute_jobs, one per thread)
+#: whose own arrays come on top of the job's: without this a Slurm centre job of a 1500 x 1024
+#: x 1024 scan (719 MB asked) was killed on its first attempt and passed on the retry (1182 MB)
+CENTER_WORKER_MB = 256
+
+
 def memory_budget_mb(threads: int) -> float:
     """Default slab budget: 40 % of this machine's available memory, shared by the jobs that can
     run at once. Slab sizes never change the result (chunked runs are bit-identical), so they
@@ -259,7 +265,8 @@ def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None) -> Non
 
 def read_once(cfg: dict, layout: str, stage: str, readers: int) -> bool:
     """Whether a ct_rows job reads the raw frames once for all jobs (``slabs.read_once``; auto:
-    when more than two jobs would each read every frame, i.e. more than twice the file)."""
+    when more than two ``readers`` (slabs and the centre job) would each read every frame, i.e.
+    more than twice the file)."""
     mode = cfg["slabs"]["read_once"]
     if layout == "stage" or stage != "raw" or mode == "never":
         return False               # stage files are in sinogram order: a slab reads only its rows
@@ -282,7 +289,8 @@ def plan(run: Run) -> None:
     groups = job_groups(cfg, shape, bounds)
     centre = None if manual else center_rows(cfg, shape[1])
     parts: dict[str, tuple[int, int]] = {}
-    if read_once(cfg, origin["layout"], stage, len(groups) + (centre is not None)):
+    # every slab reads the raw file (a job of several slabs reads it once per slab)
+    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None)):
         parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
         if centre:
             parts["rows_center"] = centre
@@ -308,7 +316,8 @@ def plan(run: Run) -> None:
         center_steps = [load("rows_center", start, stop), *_prepare(cfg, stage),
                         {"step": "ct.find_center", "params": cfg["center"],
                          "outputs": {"center": run.output("ct_center", "center")}}]
-        run.add_job("ct_center", center_steps, threads=threads, mem_mb=job_memory_mb(shape, stop - start))
+        run.add_job("ct_center", center_steps, threads=threads,
+                    mem_mb=job_memory_mb(shape, stop - start) + CENTER_WORKER_MB * threads)
 
     recon = {**cfg["recon"], "center": cfg["center"]["center"] if manual else None}
     center_input = {} if manual else {"center": run.output("ct_center", "center")}
