@@ -239,7 +239,7 @@ def work(tmp_path_factory):
 
 def ct_config(work: Path, outdir: str, **sections) -> Path:
     cfg = {"config_version": 1, "pipeline": "ct", "outdir": f"results/{outdir}", "threads": 1,
-           "input": {"file": "data/ct.h5", "layout": "nxtomo"}, "slabs": {"count": 2, "per_job": 1}, **sections}
+           "input": {"file": "data/ct.h5", "layout": "nxtomo"}, "slabs": {"count": 2, "per_job": 1, "read_once": "always"}, **sections}
     path = work / f"{outdir}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -262,7 +262,7 @@ def ct_run(work):
 def test_ct_run_crate(ct_run):
     prov = json.loads((ct_run / "provenance.json").read_text())
     assert prov["provenance_version"] == 2 and prov["status"] == "completed"
-    # three jobs would read the raw scan: ct_rows reads it once for them (slabs.read_once auto)
+    # three jobs would read the raw scan: ct_rows reads it once for them (slabs.read_once)
     assert set(prov["jobs"]) == {"ct_rows", "ct_center", "ct_slab_0000", "ct_slab_0001", "ct_gather"}
     assert not prov["jobs_not_run"]
     assert all(r["status"] == "completed" and r["record_version"] == 2 for r in prov["jobs"].values())

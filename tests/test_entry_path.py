@@ -49,8 +49,8 @@ def test_rules_name_no_path_image_or_resource():
 
 
 def test_rule_directives_match_the_plan(tmp_path):
-    run = plans.plan(_ct_config(tmp_path, slabs={"count": 3, "per_job": 1}))
-    # four jobs would read the raw file: ct_rows reads it once for them (slabs.read_once auto)
+    run = plans.plan(_ct_config(tmp_path, slabs={"count": 3, "per_job": 1, "read_once": "always"}))
+    # four jobs would read the raw file: ct_rows reads it once for them (slabs.read_once)
     assert [j for j in run.jobs] == ["ct_rows", "ct_center", "ct_slab_0000", "ct_slab_0001", "ct_slab_0002",
                                      "ct_gather"]
     for stage in run.stages:
@@ -69,6 +69,18 @@ def test_rule_directives_match_the_plan(tmp_path):
     assert run.jobs["ct_gather"].image == "base" and run.jobs["ct_slab_0001"].image == "tomopy"
     assert set(run.targets) >= {run.path("ct", "volume.h5"), run.path("ct", "slabs", "slab_0002.h5")}
     assert not [t for t in run.targets if "/ct/rows/" in t]          # intermediate: not asked for, deleted
+
+
+def test_read_once_auto_splits_files_worth_a_job(tmp_path, monkeypatch):
+    """auto: only where reading the raw file once per slab would read 1 GiB more than twice it."""
+    from daisy.pipelines import ct as ct_plan
+
+    cfg = _ct_config(tmp_path, slabs={"count": 3, "per_job": 1})
+    assert "ct_rows" not in plans.plan(cfg).jobs                    # a small file: re-read it
+    monkeypatch.setattr(ct_plan, "READ_ONCE_MIN_EXTRA_BYTES", 1)
+    assert "ct_rows" in plans.plan(cfg).jobs
+    cfg["slabs"] = {"count": 1, "per_job": 1}                        # the centre and one slab: twice
+    assert "ct_rows" not in plans.plan(cfg).jobs
 
 
 def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):

@@ -180,7 +180,7 @@ def test_a_killed_job_leaves_no_temporary_after_the_resume(work):
 # a full disk, a read-only outdir: named errors, nothing half-written
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("read_once, step", [("auto", "ct.split_rows"), ("never", "ct.recon")])
+@pytest.mark.parametrize("read_once, step", [("always", "ct.split_rows"), ("never", "ct.recon")])
 def test_a_full_disk_is_a_named_error_and_leaves_nothing_half_written(work, tmpfs, read_once, step):
     """The rows files (ct_rows, refused before writing) or, read directly, the slab (ct.recon,
     too little room to write it while reconstructing: written at the end, HDF5's core driver)."""

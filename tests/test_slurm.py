@@ -87,7 +87,7 @@ def data(tmp_path_factory, slurm):
     configs["ct"] = work / "ct.yaml"
     configs["ct"].write_text(yaml.safe_dump({
         "config_version": 1, "pipeline": "ct", "outdir": "results/ct", "threads": 2,
-        "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": SLABS, "per_job": 1}}))
+        "input": {"file": str(raw)}, "stripe": {"method": "fw"}, "slabs": {"count": SLABS, "per_job": 1, "read_once": "always"}}))
     configs["xrd"] = work / "xrd.yaml"
     configs["xrd"].write_text(yaml.safe_dump({
         "config_version": 1, "pipeline": "xrd", "outdir": "results/xrd", "threads": 2,
@@ -158,7 +158,7 @@ def test_ct_through_slurm_is_identical(data, workstation):
     work, configs = data
     out = run_daisy(work / "sl-ct", "ct", configs["ct"], "slurm")
     submitted = {f"{rule}_{index}" if index else rule for rule, index in re.findall(SUBMITTED, out)}
-    # ct_rows: the raw frames read once for the centre and slab jobs (slabs.read_once auto)
+    # ct_rows: the raw frames read once for the centre and slab jobs (slabs.read_once always)
     assert submitted == {"ct_rows", "ct_center", "ct_gather", *(f"ct_slab_{i:04d}" for i in range(SLABS))}, out[-3000:]
     assert np.array_equal(ct_volume(work / "sl-ct"), ct_volume(workstation / "ws-ct"))
     recs = records(work / "sl-ct", "ct")

@@ -263,14 +263,22 @@ def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None) -> Non
     run.add_stage(GATHER, gather)
 
 
-def read_once(cfg: dict, layout: str, stage: str, readers: int) -> bool:
+#: slabs.read_once auto: the raw file is split for its readers when reading it whole once per
+#: reader would read at least this much more than twice the file (a job costs about 1 s on a
+#: workstation and several through Slurm; re-reading 1 GiB from the page cache about 0.3 s)
+READ_ONCE_MIN_EXTRA_BYTES = 1 << 30
+
+
+def read_once(cfg: dict, layout: str, stage: str, readers: int, raw_bytes: int) -> bool:
     """Whether a ct_rows job reads the raw frames once for all jobs (``slabs.read_once``; auto:
-    when more than two ``readers`` (slabs and the centre job) would each read every frame, i.e.
-    more than twice the file)."""
+    when ``readers`` (the slabs and the centre job), each reading every frame, would read more
+    than twice the file, and at least READ_ONCE_MIN_EXTRA_BYTES more)."""
     mode = cfg["slabs"]["read_once"]
     if layout == "stage" or stage != "raw" or mode == "never":
         return False               # stage files are in sinogram order: a slab reads only its rows
-    return readers > 1 if mode == "always" else readers > 2
+    if mode == "always":
+        return readers > 1
+    return readers > 2 and (readers - 2) * raw_bytes >= READ_ONCE_MIN_EXTRA_BYTES
 
 
 def plan(run: Run) -> None:
@@ -290,7 +298,7 @@ def plan(run: Run) -> None:
     centre = None if manual else center_rows(cfg, shape[1])
     parts: dict[str, tuple[int, int]] = {}
     # every slab reads the raw file (a job of several slabs reads it once per slab)
-    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None)):
+    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None), os.path.getsize(cfg["input"]["file"])):
         parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
         if centre:
             parts["rows_center"] = centre
