@@ -16,6 +16,7 @@ from typing import Iterable
 from daisy_steps.fileio import sha256_file as sha256_file_uncached
 from daisy_steps.fileio import write_json_atomic
 
+from . import hash_ahead
 from .filelock import file_lock
 
 CACHE_NAME = "sha256-cache.json"
@@ -38,6 +39,7 @@ def sha256_files(paths: Iterable, workers: int | None = None) -> dict[str, str]:
     one per core unless ``workers`` says otherwise; the cache is then written once.
     """
     resolved = sorted({Path(p).resolve() for p in paths})
+    hash_ahead.wait_for(resolved)        # a file the run's watcher is hashing: its digest, not twice
     cache_file = _cache_file()
     cache = _read_cache(cache_file)
     digests: dict[str, str] = {}

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from daisy_steps.errors import StepError
 
 from . import config as configs
-from . import images
+from . import hash_ahead, images
 from .plan import INDEX, INDEX_PATTERN, Job, Run, plan
 
 #: the name of the resolved config ``daisy run`` writes into the outdir and runs
@@ -183,6 +183,8 @@ def start_run(run: Run, workflow) -> None:
 
     outdir_lock.acquire(run.outdir)
     write_json_atomic(run.images_file(), resolve_images(run))
+    if workflow.is_main_process:   # finished jobs' large outputs hashed while later jobs run
+        hash_ahead.start(Path(run.path("records")), run.targets)
     methods = {getattr(m, "name", str(m)).lower() for m in workflow.deployment_settings.deployment_method}
     if workflow.local_exec and workflow.is_main_process and "apptainer" in methods and not _holders:
         _holders.append(images.hold_images(warm_modules(run)))
@@ -236,6 +238,7 @@ def finish_run() -> None:
     """``onsuccess``/``onerror``: stop the image holders and let the process exit."""
     from . import outdir_lock
 
+    hash_ahead.stop()
     while _holders:
         _holders.pop().release()
     outdir_lock.release_all()

@@ -304,6 +304,44 @@ def test_sha256_file_stat_cache(fake_repo, tmp_path):
     assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
+def test_finished_jobs_outputs_are_hashed_while_the_run_goes_on(fake_repo, tmp_path, monkeypatch):
+    """daisy.hash_ahead: a completed job's record names an output it left unhashed (over its
+    hash limit): the run's watcher hashes it into the cache; the provenance's later call finds it
+    there, or waits for the hash in progress. Outputs that are not targets, or already hashed, and
+    failed jobs' records are left alone."""
+    from daisy import hash_ahead
+
+    records = tmp_path / "records"
+    records.mkdir()
+    slab, other, small = (tmp_path / n for n in ("slab.h5", "not-a-target.h5", "small.json"))
+    slab.write_bytes(b"s" * 300_000)
+    other.write_bytes(b"o" * 1000)
+    small.write_bytes(b"{}")
+    calls = []
+    real = hashing.sha256_file_uncached
+
+    def counted(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(hashing, "sha256_file_uncached", counted)
+    monkeypatch.setattr(hash_ahead, "POLL_SECONDS", 0.01)
+    watcher = hash_ahead.start(records, [slab, small])
+    try:
+        (records / "failed.json").write_text(json.dumps({"status": "failed", "outputs": {str(small): {"size": 2}}}))
+        (records / "ct_slab_0000.json").write_text(json.dumps({"status": "completed", "outputs": {
+            str(slab): {"size": 300_000}, str(other): {"size": 1000},
+            str(small): {"size": 2, "sha256": "ab" * 32}}}))
+        deadline = time.monotonic() + 10
+        while not watcher.hashed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watcher.hashed == [str(slab.resolve())]
+    finally:
+        hash_ahead.stop()
+    assert hashing.sha256_file(slab) == hashlib.sha256(slab.read_bytes()).hexdigest()
+    assert calls == [str(slab.resolve())]                     # hashed once, by the watcher
+
+
 def test_sha256_files_hashes_misses_in_parallel_and_caches_all(fake_repo, tmp_path):
     files = []
     for i in range(5):
