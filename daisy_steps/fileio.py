@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import queue
+import threading
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +38,59 @@ class FileRef:
         return f"{self.path}:{self.dataset}" if self.dataset else str(self.path)
 
 
+#: files at least this large are read by a second thread while this one hashes (both release the
+#: GIL): a 4 GiB file from the page cache in 2.4 s instead of 2.8 s. Smaller ones (e.g. a job's
+#: outputs, hashed in the job under its memory limit) are read and hashed in turn.
+OVERLAP_BYTES = 256 << 20
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
+    if os.path.getsize(path) >= OVERLAP_BYTES:
+        _hash_read_ahead(path, digest)
+        return digest.hexdigest()
     with open(path, "rb") as handle:
         while block := handle.read(HASH_CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _hash_read_ahead(path, digest, buffers: int = 4) -> None:
+    """Feed ``digest`` the file's bytes, read ahead into a few reused buffers by a thread."""
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for _ in range(buffers):
+        free.put(bytearray(HASH_CHUNK))
+
+    def read() -> None:
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                while True:
+                    buf = free.get()
+                    if buf is None:
+                        return
+                    n = handle.readinto(buf)
+                    full.put((buf, n))
+                    if not n:
+                        return
+        except OSError as exc:
+            full.put((exc, 0))
+
+    reader = threading.Thread(target=read, name="daisy-hash-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            buf, n = full.get()
+            if isinstance(buf, OSError):
+                raise buf
+            if not n:
+                return
+            digest.update(memoryview(buf)[:n])
+            free.put(buf)
+    finally:
+        free.put(None)               # a reader still waiting for a buffer stops
+        reader.join()
 
 
 class OutputSet:

@@ -304,6 +304,17 @@ def test_sha256_file_stat_cache(fake_repo, tmp_path):
     assert hashing.sha256_file(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
+def test_large_files_are_hashed_with_read_ahead(tmp_path, monkeypatch):
+    from daisy_steps import fileio
+
+    monkeypatch.setattr(fileio, "OVERLAP_BYTES", 1000)
+    monkeypatch.setattr(fileio, "HASH_CHUNK", 4096)
+    for size in (0, 999, 1000, 4096 * 3, 4096 * 3 + 17):
+        f = tmp_path / f"f{size}.bin"
+        f.write_bytes(os.urandom(size))
+        assert fileio.sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest(), size
+
+
 def test_finished_jobs_outputs_are_hashed_while_the_run_goes_on(fake_repo, tmp_path, monkeypatch):
     """daisy.hash_ahead: a completed job's record names an output it left unhashed (over its
     hash limit): the run's watcher hashes it into the cache; the provenance's later call finds it
