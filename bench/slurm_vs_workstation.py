@@ -37,17 +37,18 @@ sys.path.insert(0, str(REPO))
 #: CPUs of a node (one node here): a group job may use this many; without ``--cores`` Snakemake sums
 #: the threads of all slabs of a group (16 x 2 = 32 CPUs) and the job never starts
 NODE_CPUS = str(os.cpu_count() or 1)
-#: Slurm variants: extra snakemake arguments after the profile's, and changes to the config's
-#: ``slabs`` section (the workstation runs the config unchanged: slabs grouped into jobs by the plan)
+#: Slurm variants: extra snakemake arguments after the profile's, changes to the config's ``slabs``
+#: section (the workstation runs the config unchanged: slabs grouped into jobs by the plan), and
+#: environment variables of the run
 VARIANTS = {
-    "jobs": ([], {}),                                                    # the profile as committed
-    "per_slab": ([], {"per_job": 1}),                                    # every slab its own Slurm job
-    "init40": (["--slurm-init-seconds-before-status-checks", "40"], {}),  # the plugin's default (before)
-    "poll2": ([], {"_env": {"DAISY_SLURM_MAX_STATUS_SECONDS": "2"}}),     # a status check every 2 s
-    "unbounded": (["--slurm-init-seconds-before-status-checks", "2"], {"_env": {"DAISY_SLURM_MAX_STATUS_SECONDS": "0"}}),
+    "jobs": ([], {}, {}),                                                    # the profile as committed
+    "per_slab": ([], {"per_job": 1}, {}),                                    # every slab its own Slurm job
+    "init40": (["--slurm-init-seconds-before-status-checks", "40"], {}, {}),  # the plugin's default (before)
+    "poll2": ([], {}, {"DAISY_SLURM_MAX_STATUS_SECONDS": "2"}),              # a status check every 2 s
+    "unbounded": (["--slurm-init-seconds-before-status-checks", "2"], {}, {"DAISY_SLURM_MAX_STATUS_SECONDS": "0"}),
     "group16": (["--groups", "ct_slab=slabs", "--group-components", "slabs=16", "--cores", NODE_CPUS],
-                {"per_job": 1}),
-    "array": (["--slurm-array-jobs", "ct_slab"], {"per_job": 1}),
+                {"per_job": 1}, {}),
+    "array": (["--slurm-array-jobs", "ct_slab"], {"per_job": 1}, {}),
 }
 SCANS = {"demo": 2, "64": 64}
 
@@ -122,10 +123,8 @@ def main() -> int:
         reference = None
         for repeat in range(args.repeats):
             for name in ["workstation", *args.variants.split(",")]:
-                profile, (extra, changes) = ("workstation", ([], {})) if name == "workstation" \
+                profile, (extra, changes, env_changes) = ("workstation", ([], {}, {})) if name == "workstation" \
                     else ("slurm", VARIANTS[name])
-                changes = dict(changes)
-                env_changes = changes.pop("_env", {})
                 config = write_config(work / f"ct-{scan}-{name}.yaml", raw, SCANS[scan], changes)
                 out = run(config, work / "runs" / f"{scan}-{name}", profile, extra, env_changes)
                 vol = volume(work / "runs" / f"{scan}-{name}")

@@ -41,7 +41,7 @@ def bound_status_checks() -> bool:
             Executor._daisy_status_bound = None          # the plugin's own growth again
         return False
     if "_daisy_status_bound" not in Executor.__dict__:
-        inherited = next(getattr(c, "__dict__", {}).get("next_seconds_between_status_checks")
+        inherited = next(c.__dict__["next_seconds_between_status_checks"]
                          for c in Executor.__mro__ if "next_seconds_between_status_checks" in c.__dict__)
 
         def set_bounded(self, value):

@@ -160,13 +160,8 @@ def job_groups(cfg: dict, shape: tuple[int, int, int], bounds: list[tuple[int, i
         per_job = max(1, int(JOB_WORK_SECONDS // max(longest, 1e-9)))
         parallel = max(1, usable_cores() // max(1, cfg["threads"]))
         per_job = min(per_job, math.ceil(count / parallel))
-    jobs = math.ceil(count / per_job)
-    sizes = [count // jobs + (1 if i < count % jobs else 0) for i in range(jobs)]
-    groups, pos = [], 0
-    for size in sizes:
-        groups.append(list(range(pos, pos + size)))
-        pos += size
-    return groups
+    # the slab indices split as the rows are, as evenly as possible, the larger groups first
+    return [list(range(a, b)) for a, b in plan_slabs(0, count, count=math.ceil(count / per_job), align=1)]
 
 
 def _load(cfg: dict, start: int, stop: int, stage: str = "raw") -> dict:
