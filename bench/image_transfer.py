@@ -6,8 +6,9 @@ file's sha256 against the lock), so the ratio is the whole cost of a verified pu
 
 Starts a throw-away registry with ``scripts/registry.sh`` (stopped at the end), pushes the image
 once to it and to a directory store in a temporary folder, then alternates: cp, pull from the
-registry into an empty cache, pull from the directory store into an empty cache. Target: registry
-pull ≤ 1.5 × cp.
+registry into an empty cache, pull from the directory store into an empty cache, `apptainer pull`,
+cp + sha256sum, and `curl` of the same blob from the same registry into a file with no
+verification at all (the HTTP floor). Target: registry pull ≤ 1.5 × cp.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def main() -> int:
             for store in (oras, folder):
                 subprocess.run([sys.executable, "-m", "daisy", "containers", "push", args.image, "--to", store],
                                check=True, capture_output=True, cwd=REPO)
-            copies, pulls, dir_pulls, apptainer_pulls, checked_copies = [], [], [], [], []
+            copies, pulls, dir_pulls, apptainer_pulls, checked_copies, curls = [], [], [], [], [], []
             from daisy.images import paths as image_paths
             from daisy.images.stores import parse_store
             entry = images.published_entry(args.image)
             manifest = parse_store(oras).layer_digest(args.image, entry["version"])[0]
             ref = f"oras://{address}/daisy/{args.image}@{manifest}"
+            blob = f"http://{address}/v2/daisy/{args.image}/blobs/sha256:{entry['image_sha256']}"
             for _ in range(args.repeats):
                 target = scratch / "copy.sif"
                 target.unlink(missing_ok=True)
@@ -87,16 +89,22 @@ def main() -> int:
                 subprocess.run(["cp", str(source), str(target)], check=True)
                 subprocess.run(["sha256sum", str(target)], check=True, capture_output=True)
                 checked_copies.append(time.perf_counter() - start)
+                target.unlink()
+                start = time.perf_counter()                 # the HTTP floor: no verification at all
+                subprocess.run(["curl", "-sSf", "--noproxy", "*", "-o", str(target), blob], check=True)
+                curls.append(time.perf_counter() - start)
         finally:
             registry("stop", scratch / "registry")
     report("image_pull_registry", f"{args.image} {size_mb:.0f} MB", pulls, copies, target="≤ 1.5",
            met=statistics.median(pulls) / statistics.median(copies) <= 1.5, record=not args.no_record,
            extra={"dir_store_pull": dir_pulls, "dir_store_ratio": statistics.median(dir_pulls) / statistics.median(copies),
-                  "apptainer_pull": apptainer_pulls, "cp_then_sha256sum": checked_copies})
+                  "apptainer_pull": apptainer_pulls, "cp_then_sha256sum": checked_copies,
+                  "curl_blob_unverified": curls})
     print(f"directory store pull: {statistics.median(dir_pulls):.3f} s, "
           f"ratio {statistics.median(dir_pulls) / statistics.median(copies):.3f} against cp")
     pull = statistics.median(pulls)
-    for what, runs in (("apptainer pull (by manifest digest)", apptainer_pulls), ("cp + sha256sum", checked_copies)):
+    for what, runs in (("apptainer pull (by manifest digest)", apptainer_pulls), ("cp + sha256sum", checked_copies),
+                       ("curl of the blob into a file, unverified", curls)):
         print(f"{what}: {statistics.median(runs):.3f} s; DAISY's registry pull / it = {pull / statistics.median(runs):.3f}")
     return 0
 

@@ -23,7 +23,7 @@ from unittest import mock
 import pytest
 
 from daisy import hashing, images
-from daisy.images import cli, execute, paths
+from daisy.images import cli, execute, paths, reproducible
 from daisy.images import inspect as image_inspect
 
 from .conftest import require_image
@@ -80,12 +80,12 @@ def fake_repo(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fake_tools(monkeypatch):
-    """Mock apptainer build (writes a fake SIF) and spython's Client (manifest via execute)."""
+    """Mock apptainer build (writes a fake SIF, left as it is) and spython's Client (manifest via execute)."""
     calls = {"build": 0}
 
     def fake_run_build(name, deffile, target, build_args, needs_ca, log_file, log):
         calls["build"] += 1
-        assert build_args == {"mirror": MIRROR}
+        assert build_args == {"mirror": MIRROR, "source_date_epoch": str(paths.SOURCE_DATE_EPOCH)}
         target.write_bytes(f"SIF {name} build {calls['build']}".encode() + os.urandom(64))
 
     client = mock.MagicMock()
@@ -93,6 +93,7 @@ def fake_tools(monkeypatch):
                                    "message": ["noise\n", "DAISY-MANIFEST " + json.dumps(MANIFEST) + "\n"]}
     client.inspect.return_value = {"attributes": {"labels": {"org.daisy.name": "demo"}}}
     monkeypatch.setattr(build_module, "run_apptainer_build", fake_run_build)
+    monkeypatch.setattr(build_module, "normalise", lambda sif, deffile, workdir, log: False)
     monkeypatch.setattr(build_module, "apptainer_version", lambda: "1.4.5")
     monkeypatch.setattr(image_inspect, "spython_client", lambda: client)
     calls["client"] = client
@@ -499,6 +500,29 @@ def test_image_selftest_passes(name):
     proc = subprocess.run(["apptainer", "test", str(sif)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"{name} ok" in proc.stdout
+
+
+@pytest.mark.apptainer
+def test_two_builds_of_one_definition_give_the_same_sha256(tmp_path, monkeypatch):
+    """base rebuilt from nothing in an empty cache is bit-identical to the cached build and to the
+    published digest: any machine with these tools reproduces the pinned image."""
+    if os.geteuid() != 0:
+        pytest.skip("reproducible builds need root (unsquashfs restores file owners)")
+    [cached] = images.build(["base"], log=lambda m: None)
+    assert cached["reproducible"] is True
+    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "cache"))
+    logs = []
+    [rebuilt] = images.build(["base"], force=True, log=logs.append)
+    assert rebuilt["build_seconds"] > 5                       # really built, not a cache hit
+    assert rebuilt["image_sha256"] == cached["image_sha256"] == images.published_entry("base")["image_sha256"]
+    assert any("is the published image: rebuilt bit for bit" in line for line in logs)
+    sif = images.cache_dir() / rebuilt["file"]
+    labels = json.loads(subprocess.run([paths.APPTAINER, "inspect", "--json", str(sif)], capture_output=True,
+                                       text=True, check=True).stdout)["data"]["attributes"]["labels"]
+    assert labels["org.label-schema.build-date"] == reproducible.build_date()
+    assert labels["org.label-schema.usage.singularity.deffile.mirrorurl"] == "{{ mirror }}"   # no host in it
+    deffile = subprocess.run([paths.APPTAINER, "sif", "dump", "1", str(sif)], capture_output=True, check=True).stdout
+    assert deffile == (paths.REPO / "containers" / "base" / "base.def").read_bytes()
 
 
 @pytest.mark.apptainer

@@ -2,8 +2,9 @@
 
 ``build()`` reuses a cached SIF whose sidecar record (``<file>.json``) has the current
 definition key and whose sha256 still matches (signed copies excepted); otherwise it runs
-``apptainer build``, names the SIF by its digest, reads its manifest and records it in the local
-lock (``<cache>/local-lock.json``), never in the committed ``containers/images.lock.json``. The full build output goes to
+``apptainer build``, makes the SIF reproducible (:mod:`.reproducible`), names it by its digest,
+reads its manifest and records it in the local lock (``<cache>/local-lock.json``), never in the
+committed ``containers/images.lock.json``. The full build output goes to
 ``<cache>/logs/<name>-<time>.log``; the console gets the phases.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from daisy_steps.fileio import write_json_atomic
 
 from . import paths
 from .inspect import read_manifest
-from .lock import record_local_build
+from .lock import published_entry, record_local_build
+from .reproducible import normalise, squashfs_tools_version
 from .paths import (BUILD_ARG_NAMES, MKSQUASHFS_ARGS, ImageError, apptainer_version, available_images,
                     build_args, cache_dir, def_label, definition_file, definition_key, image_meta)
 
@@ -55,6 +57,7 @@ def build(names: Sequence[str] | None = None, force: bool = False, log: Log = pr
         else:
             entry = _build_one(name, key, tool_version, log)
         record_local_build(entry)
+        _compare_with_published(entry, log)
         results.append(entry)
     return results
 
@@ -71,6 +74,10 @@ def _build_one(name: str, key: str, tool_version: str, log: Log) -> dict:
     start = time.monotonic()
     try:
         run_apptainer_build(name, deffile, tmp, build_args(), bool(meta.get("needs_ca_bundle")), log_file, log)
+        log(f"[{name}] making it reproducible: fixed times and build date, the definition as written")
+        reproducible = normalise(tmp, deffile, cache / "build-tmp" / f"{name}-reproducible", log)
+        if reproducible:
+            _self_test(name, tmp, log_file)
         seconds = round(time.monotonic() - start, 1)
         digest = sha256_file(tmp)
         log(f"[{name}] reading manifest")
@@ -88,6 +95,8 @@ def _build_one(name: str, key: str, tool_version: str, log: Log) -> dict:
         "definition_sha256": key,
         "build_arg_names": sorted(BUILD_ARG_NAMES),
         "mksquashfs_args": MKSQUASHFS_ARGS,
+        "reproducible": reproducible,
+        "mksquashfs_version": squashfs_tools_version(),
         "image_sha256": digest,
         "file": final.name,
         "size_bytes": final.stat().st_size,
@@ -99,6 +108,28 @@ def _build_one(name: str, key: str, tool_version: str, log: Log) -> dict:
     write_json_atomic(cache / (final.name + ".json"), entry, mode=0o644)
     log(f"[{name}] built in {seconds:.0f} s: {final.name} ({entry['size_bytes'] / 1e6:.0f} MB)")
     return entry
+
+
+def _self_test(name: str, sif: Path, log_file: Path) -> None:
+    """Run the image's ``%test`` again on the rewritten SIF; ImageError (with the log) if it fails."""
+    proc = subprocess.run([paths.APPTAINER, "test", str(sif)], capture_output=True, text=True)
+    with open(log_file, "a") as out:
+        out.write(f"\n--- %test of the reproducible SIF (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
+    if proc.returncode != 0:
+        raise ImageError(f"image '{name}': %test failed on the reproducible SIF (exit {proc.returncode}); see {log_file}")
+
+
+def _compare_with_published(entry: dict, log: Log) -> None:
+    """Say whether the local build is the published image, bit for bit."""
+    pub = published_entry(entry["name"])
+    if not pub:
+        return
+    if pub["image_sha256"] == entry["image_sha256"]:
+        log(f"[{entry['name']}] sha256:{entry['image_sha256'][:12]}… is the published image: rebuilt bit for bit")
+    elif pub.get("version") == entry["version"]:
+        log(f"[{entry['name']}] sha256:{entry['image_sha256'][:12]}… differs from the published "
+            f"sha256:{pub['image_sha256'][:12]}…: runs use the published image when a store or bundle has it, "
+            f"else this local build (recorded as such)")
 
 
 def run_apptainer_build(name: str, deffile: Path, target: Path, build_args: dict, needs_ca: bool,

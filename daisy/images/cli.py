@@ -59,7 +59,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fetch)
     pb = sub.add_parser("publish", help="maintainers: build, sign, push and pin the digest in the committed lock")
     pb.add_argument("names", nargs="+", metavar="NAME")
-    pb.add_argument("--to", required=True, metavar="STORE")
+    pb.add_argument("--to", metavar="STORE", help="push there too (needed for signed or non-reproducible "
+                    "builds); without it the digest is only pinned: any machine rebuilds it bit for bit")
     pb.add_argument("--sign-key", metavar="PRIV.pem", help="sign with this PEM private key first")
     pb.set_defaults(func=_cmd_publish)
     sg = sub.add_parser("sign", help="sign (a copy of) an image with a PEM private key: a local build with a new digest")

@@ -31,7 +31,10 @@ LOCK_VERSION = 1
 KEY_VERSION = 1                           # bump when the key's composition changes
 # squashfs compression, part of the definition key (start-up and size: docs/benchmarks.md)
 MKSQUASHFS_ARGS = "-comp lz4 -Xhc"
-BUILD_ARG_NAMES = ("mirror",)
+BUILD_ARG_NAMES = ("mirror", "source_date_epoch")
+#: every time in a DAISY image: file times (clamped), the build-date label, the SIF header
+#: (daisy/images/reproducible.py)
+SOURCE_DATE_EPOCH = 1767225600            # 2026-01-01T00:00:00Z
 #: every step runs isolated: no host environment, no home, inputs bound read-only by the caller, and
 #: no network (an empty network namespace; works unprivileged with Apptainer 1.4)
 EXEC_OPTIONS = ("--containall", "--cleanenv", "--no-home", "--net", "--network", "none")
@@ -151,7 +154,7 @@ def definition_key(name: str) -> str:
 
 def build_args() -> dict[str, str]:
     """The ``--build-arg`` values of every image (names: BUILD_ARG_NAMES)."""
-    return {"mirror": debian_mirror()}
+    return {"mirror": debian_mirror(), "source_date_epoch": str(SOURCE_DATE_EPOCH)}
 
 
 # ------------------------------------------------------------------------------------ host

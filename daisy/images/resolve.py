@@ -196,18 +196,24 @@ def _signed_copy(entry: dict, path: Path, key: Path, sign) -> tuple[dict, str]:
     return {"sha256": digest, "file": final.name, "size": final.stat().st_size}, fp
 
 
-def publish(names: Sequence[str], to: str, sign_key: Path | None = None,
+def publish(names: Sequence[str], to: str | None, sign_key: Path | None = None,
             log: Callable[[str], None] = print) -> list[dict]:
     """The maintainer's action: build (reusing an up-to-date local build), sign, push to ``to`` and
-    pin the pushed digest (and the store) in the committed lock."""
+    pin the pushed digest (and the store) in the committed lock. Without ``to``, only pin: for a
+    reproducible build, which any machine rebuilds to the same digest (docs/image-reproducibility.md)."""
     from .build import build
     from .signing import SIGNATURE_FORMAT, sign
 
-    store = parse_store(to)
+    store = parse_store(to) if to else None
+    if store is None and sign_key:
+        raise ImageError("a signed image changes its digest: publish it to a store (--to STORE)")
     results = []
     for name in names:
         [entry] = build([name], log=log)
         path = cache_dir() / entry["file"]
+        if store is None and not entry.get("reproducible"):
+            raise ImageError(f"image '{name}' was not built reproducibly (see its build log): only a store "
+                             f"can share it (--to STORE)")
         entry = {k: v for k, v in entry.items() if k not in ("origin", "stores", "signature")}
         if sign_key:
             signed, fp = _signed_copy(entry, path, Path(sign_key), sign)
@@ -215,12 +221,14 @@ def publish(names: Sequence[str], to: str, sign_key: Path | None = None,
                          signature={"fingerprint": fp, "format": SIGNATURE_FORMAT})
             path = cache_dir() / entry["file"]
             write_json_atomic(path.with_name(path.name + ".json"), entry, mode=0o644)
-        log(f"[{name}] {store.push(path, entry, signer=(entry.get('signature') or {}).get('fingerprint'))}")
+        if store is not None:
+            log(f"[{name}] {store.push(path, entry, signer=(entry.get('signature') or {}).get('fingerprint'))}")
         old = published_entry(name) or {}
         stores = old.get("stores", []) if old.get("image_sha256") == entry["image_sha256"] else []
-        entry["stores"] = list(dict.fromkeys([*stores, store.url]))
+        entry["stores"] = list(dict.fromkeys([*stores, *([store.url] if store else [])]))
         entry["published_at"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
         update_lock(paths.LOCK_PATH, name, entry, guard=cache_dir() / "committed-lock.lock")  # no junk in the repo
-        log(f"[{name}] {paths.LOCK_PATH.name}: pinned sha256:{entry['image_sha256']} at {', '.join(entry['stores'])}")
+        where = ", ".join(entry["stores"]) or "no store (rebuilds reproduce it)"
+        log(f"[{name}] {paths.LOCK_PATH.name}: pinned sha256:{entry['image_sha256']} at {where}")
         results.append(entry)
     return results
