@@ -291,6 +291,29 @@ def test_image_path_missing_says_ensure(fake_repo):
         images.image_path("demo")
 
 
+def test_write_hashed_copies_and_hashes_through_reused_buffers(tmp_path, monkeypatch):
+    from daisy.images import transfer
+    import io
+
+    monkeypatch.setattr(transfer, "CHUNK", 1000)
+    data = os.urandom(transfer.BUFFERS * 1000 * 3 + 123)         # buffers reused many times, a short tail
+
+    class Trickle(io.RawIOBase):                                 # short reads, as sockets give
+        def __init__(self):
+            self.pos = 0
+
+        def readinto(self, view):
+            n = min(len(view), 333, len(data) - self.pos)
+            view[:n] = data[self.pos:self.pos + n]
+            self.pos += n
+            return n
+
+    for source in (io.BytesIO(data), Trickle()):
+        target = tmp_path / "copy"
+        assert transfer.write_hashed(source, target) == hashlib.sha256(data).hexdigest()
+        assert target.read_bytes() == data
+
+
 def test_sha256_file_stat_cache(fake_repo, tmp_path):
     f = tmp_path / "big.bin"
     f.write_bytes(b"a" * 1000)

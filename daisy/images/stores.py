@@ -39,7 +39,7 @@ from daisy_steps.fileio import write_json_atomic
 from . import paths
 from .lock import file_lock
 from .paths import ImageError
-from .transfer import LOOPBACK, fetch_verified, registry_get, registry_open, response_chunks
+from .transfer import LOOPBACK, fetch_verified, registry_get, registry_open
 
 STORES_ENV = "DAISY_IMAGE_STORES"
 INSECURE_ENV = "DAISY_INSECURE_REGISTRIES"
@@ -249,7 +249,7 @@ class OrasStore:
                                  f"{self.url} failed: {exc.code} {exc.reason}") from None
             except (urllib.error.URLError, OSError) as exc:
                 raise ImageError(f"store {self.url} unreachable: {getattr(exc, 'reason', exc)}") from None
-            return response_chunks(resp)
+            return resp
         return fetch_verified(download, name, sha, dest, self.url)
 
 

@@ -1,9 +1,9 @@
 """Moving image files: one pass that writes and hashes at once, and the OCI registry's HTTP API.
 
-A pull is the cost of the copy alone: chunks are written to a temporary file while a second
-thread hashes them (hashlib and file writes release the GIL), the sha256 is compared with the
-lock's, and only a match is renamed into place, already recorded in the sha256 cache so the run
-that follows does not hash it again. A mismatch deletes the file and names both digests.
+A pull is the cost of the copy alone: chunks are read into a few reused buffers and written to a
+temporary file while a second thread hashes them (hashlib and file writes release the GIL), the
+sha256 is compared with the lock's, and only a match is renamed into place, already recorded in
+the sha256 cache so the run that follows does not hash it again. A mismatch deletes the file and names both digests.
 
 Registry credentials: Apptainer's environment variables (``APPTAINER_DOCKER_USERNAME`` /
 ``APPTAINER_DOCKER_PASSWORD``) or its login store (``apptainer registry login``,
@@ -22,14 +22,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, ContextManager
 
 from daisy.hashing import remember_sha256
 
 from . import paths
 from .paths import ImageError
 
-CHUNK = 4 << 20
+CHUNK, BUFFERS = 4 << 20, 4
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -38,43 +38,51 @@ def mismatch(name: str, where: str, expected: str, actual: str) -> ImageError:
                                      f"(the lock), got sha256:{actual}")
 
 
-def write_hashed(chunks: Iterable[bytes], target: Path) -> str:
-    """Write ``chunks`` to ``target`` while a second thread hashes them; the hex sha256."""
-    digest, pending = hashlib.sha256(), queue.Queue(maxsize=16)
+def write_hashed(source: BinaryIO, target: Path) -> str:
+    """Copy ``source`` (a file or an HTTP response: anything with ``readinto``) to ``target``
+    through a few reused buffers, while a second thread hashes each buffer once it is written;
+    the hex sha256. Reused buffers: no fresh memory (and page faults) per chunk."""
+    digest, free, full = hashlib.sha256(), queue.Queue(), queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(bytearray(CHUNK))
 
     def hasher() -> None:
-        while (chunk := pending.get()) is not None:
-            digest.update(chunk)
+        while (item := full.get()) is not None:
+            digest.update(memoryview(item[0])[:item[1]])
+            free.put(item[0])
 
     thread = threading.Thread(target=hasher, name="daisy-sha256", daemon=True)
     thread.start()
     try:
-        with open(target, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                pending.put(chunk)
+        with open(target, "wb", buffering=0) as out:
+            while n := _fill(source, buf := free.get()):
+                out.write(memoryview(buf)[:n])
+                full.put((buf, n))
     finally:
-        pending.put(None)
+        full.put(None)
         thread.join()
     return digest.hexdigest()
 
 
-def file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as src:
-        while chunk := src.read(CHUNK):
-            yield chunk
+def _fill(source: BinaryIO, buf: bytearray) -> int:
+    """Read from ``source`` until ``buf`` is full or the source ends; the bytes read."""
+    view, n = memoryview(buf), 0
+    while n < len(buf) and (got := source.readinto(view[n:])):
+        n += got
+    return n
 
 
-def fetch_verified(chunks: Callable[[], Iterable[bytes]] | Path, name: str, expected: str,
+def fetch_verified(opener: Callable[[], ContextManager[BinaryIO]] | Path, name: str, expected: str,
                    dest: Path, where: str) -> Path:
-    """Write ``chunks()`` (or the file ``chunks``) to ``dest`` only if its sha256 is ``expected``;
-    else nothing is left and :class:`~daisy.images.paths.ImageDigestMismatch` names both digests."""
+    """Copy what ``opener()`` opens (or the file ``opener``) to ``dest`` only if its sha256 is
+    ``expected``; else nothing is left and :class:`~daisy.images.paths.ImageDigestMismatch` names both digests."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".pulling-{dest.name}-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    source = (lambda: file_chunks(chunks)) if isinstance(chunks, Path) else chunks
+    source = (lambda: open(opener, "rb", buffering=0)) if isinstance(opener, Path) else opener
     try:
-        actual = write_hashed(source(), tmp)
+        with source() as stream:
+            actual = write_hashed(stream, tmp)
         if actual != expected:
             raise mismatch(name, where, expected, actual)
         os.chmod(tmp, 0o444)
@@ -135,9 +143,3 @@ def registry_get(url: str, host: str, headers: dict) -> tuple[bytes, dict]:
     """GET ``url`` from an OCI registry: ``(body, headers)``; HTTPError on failure."""
     with registry_open(url, host, headers) as resp:
         return resp.read(), dict(resp.headers)
-
-
-def response_chunks(resp) -> Iterator[bytes]:
-    with resp:
-        while chunk := resp.read(CHUNK):
-            yield chunk
