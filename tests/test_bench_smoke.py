@@ -55,6 +55,11 @@ def test_noop_rerun_tiny(bench_env):
     assert "difference" in out
 
 
+def test_engine_floor(bench_env):
+    out = bench(bench_env, "engine_floor.py", "--repeats", "1")
+    assert "difference" in out and "import snakemake.cli alone" in out
+
+
 def test_peak_memory_tiny(bench_env):
     out = bench(bench_env, "peak_memory.py", "--size", "tiny")
     assert "ratio" in out and "peak RSS" in out
