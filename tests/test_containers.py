@@ -526,26 +526,46 @@ def test_image_selftest_passes(name):
 
 
 @pytest.mark.apptainer
-def test_two_builds_of_one_definition_give_the_same_sha256(tmp_path, monkeypatch):
-    """base rebuilt from nothing in an empty cache is bit-identical to the cached build and to the
-    published digest: any machine with these tools reproduces the pinned image."""
+def test_two_builds_of_one_definition_give_the_same_sha256(capfd):
+    """`daisy containers reproduce base` rebuilds base from nothing in a scratch cache: it is the
+    committed lock's digest, bit for bit (any machine with these tools rebuilds the pinned image)."""
     if os.geteuid() != 0:
         pytest.skip("reproducible builds need root (unsquashfs restores file owners)")
     [cached] = images.build(["base"], log=lambda m: None)
     assert cached["reproducible"] is True
-    monkeypatch.setenv("DAISY_IMAGE_CACHE", str(tmp_path / "cache"))
-    logs = []
-    [rebuilt] = images.build(["base"], force=True, log=logs.append)
-    assert rebuilt["build_seconds"] > 5                       # really built, not a cache hit
-    assert rebuilt["image_sha256"] == cached["image_sha256"] == images.published_entry("base")["image_sha256"]
-    assert any("is the published image: rebuilt bit for bit" in line for line in logs)
-    sif = images.cache_dir() / rebuilt["file"]
+    assert cached["image_sha256"] == images.published_entry("base")["image_sha256"]
+    assert _cli("containers", "reproduce", "base") == 0
+    out = capfd.readouterr().out
+    assert f"[base] reproduced: sha256:{cached['image_sha256']} is the committed lock's, bit for bit" in out
+    assert "[base] building 1.0.0" in out                      # really rebuilt, not a cache hit
+    assert not list(images.cache_dir().glob("reproduce-*"))    # the scratch cache is gone
+    sif = images.cache_dir() / cached["file"]
     labels = json.loads(subprocess.run([paths.APPTAINER, "inspect", "--json", str(sif)], capture_output=True,
                                        text=True, check=True).stdout)["data"]["attributes"]["labels"]
     assert labels["org.label-schema.build-date"] == reproducible.build_date()
     assert labels["org.label-schema.usage.singularity.deffile.mirrorurl"] == "{{ mirror }}"   # no host in it
     deffile = subprocess.run([paths.APPTAINER, "sif", "dump", "1", str(sif)], capture_output=True, check=True).stdout
     assert deffile == (paths.REPO / "containers" / "base" / "base.def").read_bytes()
+
+
+def test_reproduce_names_both_digests_when_the_rebuild_differs(fake_repo, fake_tools, monkeypatch, capsys):
+    images.build(["demo"], log=lambda m: None)
+    _publish_local("demo")
+    pinned = images.published_entry("demo")["image_sha256"]
+
+    def rebuild(cmd, cwd=None):               # the subprocess `daisy containers build --cache SCRATCH demo`
+        scratch = Path(cmd[cmd.index("--cache") + 1])
+        scratch.mkdir(parents=True)
+        entry = dict(images.local_entry("demo"), image_sha256="f" * 64, mksquashfs_version="4.6.1")
+        (scratch / paths.LOCAL_LOCK_NAME).write_text(json.dumps({"lock_version": 1, "images": {"demo": entry}}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(reproducible.subprocess, "run", rebuild)
+    assert _cli("containers", "reproduce", "demo") == 1
+    err = capsys.readouterr().err
+    assert f"built sha256:{'f' * 64}, the lock pins sha256:{pinned}" in err
+    assert "tools differ: mksquashfs_version" in err and "→ 4.6.1" in err
+    assert not list(images.cache_dir().glob("reproduce-*"))
 
 
 @pytest.mark.apptainer

@@ -1,5 +1,5 @@
-"""``daisy containers ...``: build, ensure, list, inspect, verify, prune; push, pull, fetch, publish;
-sign, verify-signature (docs/images.md)."""
+"""``daisy containers ...``: build, ensure, list, inspect, verify, reproduce, prune; push, pull,
+fetch, publish; sign, verify-signature (docs/images.md)."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check cached images against the lock's sha256")
     v.add_argument("names", nargs="*", metavar="NAME")
     v.set_defaults(func=_cmd_verify)
+    rp = sub.add_parser("reproduce", help="rebuild images from nothing and check they are the committed "
+                        "lock's digests, bit for bit (exit 1 if not)")
+    rp.add_argument("names", nargs="*", metavar="NAME")
+    rp.set_defaults(func=_cmd_reproduce)
     pr = sub.add_parser("prune", help="delete cached images the lock no longer names (older builds)")
     pr.add_argument("-n", "--dry-run", action="store_true", help="only list what would be removed")
     pr.set_defaults(func=_cmd_prune)
@@ -112,6 +116,18 @@ def _cmd_build(args) -> int:
     except ImageError as exc:
         return _err(str(exc))
     return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from .reproducible import reproduce
+
+    try:
+        problems = reproduce(args.names or sorted(load_lock()["images"]))
+    except ImageError as exc:
+        return _err(str(exc))
+    for problem in problems:
+        _err(problem)
+    return 1 if problems else 0
 
 
 def _cmd_list(args) -> int:

@@ -27,6 +27,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -130,6 +131,37 @@ def normalise(sif: Path, definition: Path, workdir: Path, log=print) -> bool:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return True
+
+
+def reproduce(names: list[str], log=print) -> list[str]:
+    """Rebuild each image from nothing in a scratch cache (``<cache>/reproduce-<pid>``, removed
+    after) and compare its sha256 with the committed lock's; one message per image that differs."""
+    from .lock import lock_entry
+
+    scratch = paths.cache_dir() / f"reproduce-{os.getpid()}"
+    problems = []
+    try:
+        for name in names:
+            pinned = lock_entry(name)
+            log(f"[{name}] rebuilding from nothing to compare with the committed lock (sha256:{pinned['image_sha256'][:12]}…)")
+            proc = subprocess.run([sys.executable, "-m", "daisy.images.cli", "build", "--force", "--cache",
+                                   str(scratch), name], cwd=paths.REPO)
+            if proc.returncode != 0:
+                problems.append(f"image '{name}': the rebuild failed (exit {proc.returncode})")
+                continue
+            built = json.loads((scratch / paths.LOCAL_LOCK_NAME).read_text())["images"][name]
+            if built["image_sha256"] == pinned["image_sha256"]:
+                log(f"[{name}] reproduced: sha256:{built['image_sha256']} is the committed lock's, bit for bit")
+                continue
+            tools = [f"{key} {pinned.get(key)} → {built.get(key)}" for key in ("apptainer_version", "mksquashfs_version")
+                     if pinned.get(key) != built.get(key)]
+            problems.append(f"image '{name}' NOT reproduced: built sha256:{built['image_sha256']}, the lock pins "
+                            f"sha256:{pinned['image_sha256']}"
+                            + (f" (tools differ: {'; '.join(tools)})" if tools else "")
+                            + ("" if built.get("reproducible") else " (this build was not normalised: not root?)"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return problems
 
 
 def squashfs_tools_version() -> str:
