@@ -133,7 +133,9 @@ def _images(run, lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ran = json.loads(Path(run.images_file()).read_text())
     except (OSError, ValueError, AttributeError):  # not recorded (jobs never started), or no plan
         ran = {}
-    keys = ("version", "image_sha256", "definition_sha256", "file", "size_bytes", "apptainer_version", "built_at")
+    from .workflow import IMAGE_RECORD_KEYS
+
+    keys = ("version", "image_sha256", "file", *IMAGE_RECORD_KEYS)
     out = {}
     for name in run.images():
         if name in ran:

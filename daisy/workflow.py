@@ -152,6 +152,11 @@ def rule_specs(run: Run, wrapper_mb: Callable[[], int] = lambda: 0) -> dict[str,
 _holders: list = []
 
 
+#: what a run records of each image's build, besides where it came from (docs/image-reproducibility.md)
+IMAGE_RECORD_KEYS = ("definition_sha256", "size_bytes", "apptainer_version", "mksquashfs_version", "reproducible",
+                     "built_at")
+
+
 def resolve_images(run: Run) -> dict[str, dict[str, Any]]:
     """Every image of the run, as it will run: the published one from the cache, a bundle or a
     store (pulled by digest), else a local build (with a warning); sha256 checked, signature
@@ -168,7 +173,7 @@ def resolve_images(run: Run) -> dict[str, dict[str, Any]]:
         found[name] = {"version": resolved.version, "image_sha256": resolved.sha256, "file": resolved.path.name,
                        "path": str(resolved.path), "origin": resolved.origin, "store": resolved.store,
                        "signature": fingerprint, **{k: entry.get(k) for k in
-                                                    ("definition_sha256", "size_bytes", "apptainer_version", "built_at")}}
+                                                    IMAGE_RECORD_KEYS}}
     return found
 
 

@@ -48,6 +48,9 @@ def test_plain_snakemake_runs_copy_in_image(workdir):
     prov = json.loads((workdir / "results" / "copy" / "provenance.json").read_text())
     from daisy import images
     assert prov["images"]["base"]["image_sha256"] == images.load_lock()["images"]["base"]["image_sha256"]
+    pinned = images.load_lock()["images"]["base"]
+    assert {k: prov["images"]["base"][k] for k in ("reproducible", "mksquashfs_version")} == \
+        {k: pinned[k] for k in ("reproducible", "mksquashfs_version")}          # can it be rebuilt, with what
     assert prov["outputs"][str(out.relative_to(workdir))]["sha256"] == sha256_file(out)
     assert prov["inputs"]["data/raw.h5"]["sha256"] == before
     record = prov["jobs"]["copy"]

@@ -136,6 +136,7 @@ def ensure(names: Sequence[str] | None = None, log: Callable[[str], None] = prin
             log(f"[{name}] building it locally (recorded in {paths.local_lock_path()}, not in the committed lock)")
             build([name], log=log)
             r = resolve(name, fetch=False)
+            log(f"[{name}] runs use: {r.origin} {r.path.name}")
         results.append(r)
     return results
 
