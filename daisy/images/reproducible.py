@@ -62,8 +62,9 @@ def descriptors(sif: Path) -> list[dict]:
         dtype, used, oid, _group, _link, off, size, *_ = _DESCR.unpack_from(raw, at)
         if used:
             name = raw[at + _DESCR.size:at + _DESCR.size + 128].rstrip(b"\0").decode()
+            extra = raw[at + _DESCR.size + 128:at + _DESCR_SIZE]
             out.append({"type": dtype, "id": oid, "offset": off, "size": size, "name": name,
-                        "descriptor_at": offset + at})
+                        "descriptor_at": offset + at, "extra": extra})
     return out
 
 
@@ -124,7 +125,8 @@ def normalise(sif: Path, definition: Path, workdir: Path, log=print) -> bool:
               str(new), str(workdir / "deffile")])
         _run([*sif_cmd, "add", "--datatype", "6", "--groupid", "1", "--filename", "inspect-metadata.json",
               str(new), str(workdir / "meta.json")])
-        _run([*sif_cmd, "add", "--datatype", "4", "--parttype", "2", "--partfs", "1", "--partarch", "2",
+        arch = str(int(objects[PARTITION]["extra"][8:10]))          # the build's own: "02" is amd64
+        _run([*sif_cmd, "add", "--datatype", "4", "--parttype", "2", "--partfs", "1", "--partarch", arch,
               "--groupid", "1", "--filename", "root.squashfs", str(new), str(squash)])
         _stamp(new)
         os.replace(new, sif)
