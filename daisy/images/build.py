@@ -199,8 +199,9 @@ def _phase(line: str) -> str | None:
 
 
 def _cached_entry(name: str, key: str) -> dict | None:
-    """The build record of a cached, intact SIF of ``name`` built from definition ``key``."""
-    for sidecar, entry in _sidecars(name):
+    """The build record of a cached, intact SIF of ``name`` built from definition ``key``: the
+    newest, when several builds of that definition are cached (as after ``build --force``)."""
+    for sidecar, entry in sorted(_sidecars(name), key=lambda found: found[1].get("built_at", ""), reverse=True):
         sif = cache_dir() / entry.get("file", "")
         if entry.get("signature"):
             continue                           # a signed copy is not what the definition builds
