@@ -228,6 +228,20 @@ def test_build_writes_local_lock_never_the_committed_one(fake_repo, fake_tools):
     assert not paths.LOCK_PATH.exists()
 
 
+def test_a_cache_hit_is_the_newest_build_of_the_definition(fake_repo, fake_tools):
+    """After `build --force`, two builds of one definition are cached; the next build (a cache hit,
+    and what `publish` pins) is the newer one, whatever the order of their file names."""
+    images.build(["demo"], log=lambda m: None)
+    images.build(["demo"], force=True, log=lambda m: None)
+    first, last = sorted(images.cache_dir().glob("demo-*.sif.json"))       # by name, i.e. by digest
+    for sidecar, built_at in ((first, "2026-12-02T00:25:00+00:00"), (last, "2026-12-02T00:30:00+00:00")):
+        entry = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps(dict(entry, built_at=built_at)))
+    [hit] = images.build(["demo"], log=lambda m: None)
+    assert fake_tools["build"] == 2
+    assert hit["file"] == last.name[:-5] and images.local_entry("demo")["file"] == last.name[:-5]
+
+
 def test_build_refuses_version_label_mismatch(fake_repo, fake_tools):
     p = fake_repo / "containers/demo/image.json"
     p.write_text(p.read_text().replace("0.1.0", "0.2.0"))
@@ -552,6 +566,30 @@ def test_two_builds_of_one_definition_give_the_same_sha256(capfd):
     assert labels["org.label-schema.usage.singularity.deffile.mirrorurl"] == "{{ mirror }}"   # no host in it
     deffile = subprocess.run([paths.APPTAINER, "sif", "dump", "1", str(sif)], capture_output=True, check=True).stdout
     assert deffile == (paths.REPO / "containers" / "base" / "base.def").read_bytes()
+
+
+def test_publish_without_a_store_pins_only_reproducible_unsigned_builds(fake_repo, fake_tools, monkeypatch, capsys,
+                                                                         tmp_path):
+    assert _cli("containers", "publish", "demo") == 1             # the fake build is not normalised
+    assert "was not built reproducibly" in capsys.readouterr().err and not paths.LOCK_PATH.exists()
+    assert _cli("containers", "publish", "demo", "--sign-key", str(tmp_path / "key.pem")) == 1
+    assert "publish it to a store" in capsys.readouterr().err and not paths.LOCK_PATH.exists()
+
+    monkeypatch.setattr(build_module, "normalise", lambda sif, deffile, workdir, log: True)
+    monkeypatch.setattr(build_module, "_self_test", lambda name, sif, log_file: None)
+    assert _cli("containers", "build", "demo", "--force") == 0
+    assert _cli("containers", "publish", "demo") == 0
+    pinned = images.published_entry("demo")
+    assert pinned["image_sha256"] == images.local_entry("demo")["image_sha256"]
+    assert pinned["stores"] == [] and pinned["reproducible"] is True
+    assert "at no store (rebuilds reproduce it)" in capsys.readouterr().out
+
+
+def test_shadow_last_changed_days_are_the_epochs_not_the_build_day():
+    built_today = "root:*:20788:0:99999:7:::\nnobody:!::0:99999:7:::\n_apt:*:20789:0:99999:7:::\n"
+    day = str(paths.SOURCE_DATE_EPOCH // 86400)
+    assert reproducible.fixed_shadow(built_today) == (f"root:*:{day}:0:99999:7:::\nnobody:!::0:99999:7:::\n"
+                                                      f"_apt:*:{day}:0:99999:7:::\n")   # unset stays unset
 
 
 def test_reproduce_names_both_digests_when_the_rebuild_differs(fake_repo, fake_tools, monkeypatch, capsys):

@@ -10,7 +10,8 @@ reproducible (pinned packages, hash-based pycs from pip). What is left is rewrit
 2. the embedded definition (``/.singularity.d/Singularity``, the SIF's deffile object and the
    metadata's copy, the mirror label) becomes the definition as written in the repository, so the
    image no longer depends on (nor names) the builder's mirror;
-3. dpkg's and ldconfig's logs (:data:`BUILD_LOGS`) are removed, and the root filesystem is squashed
+3. ``/etc/shadow``'s "last changed" days (the build's date) become the epoch's day, dpkg's and
+   ldconfig's logs (:data:`BUILD_LOGS`) are removed, and the root filesystem is squashed
    again with the same options and ``SOURCE_DATE_EPOCH`` (every later file time is clamped to it);
 4. the SIF is assembled with ``apptainer sif`` and its header and descriptor times are set to the
    epoch, its ID derived from its content.
@@ -20,7 +21,6 @@ Needs root (unsquashfs must restore file owners); elsewhere the build stays as A
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -31,11 +31,15 @@ import sys
 import uuid
 from pathlib import Path
 
+from daisy_steps.fileio import sha256_file
+
 from . import paths
 from .paths import MKSQUASHFS_ARGS, SOURCE_DATE_EPOCH, ImageError
 
 BUILD_DATE_LABEL = "org.label-schema.build-date"
 MIRROR_LABEL = "org.label-schema.usage.singularity.deffile.mirrorurl"
+#: the password files: their "last changed" field (days since 1970) is the day of the build
+SHADOW_FILES = ("etc/shadow", "etc/shadow-")
 #: written during the build with the time in them (dpkg and ldconfig); removed from the image
 BUILD_LOGS = ("var/log/dpkg.log", "var/log/alternatives.log", "var/log/apt", "var/cache/ldconfig/aux-cache")
 
@@ -82,6 +86,17 @@ def fixed_labels(labels: dict) -> dict:
     return labels
 
 
+def fixed_shadow(text: str, epoch: int = SOURCE_DATE_EPOCH) -> str:
+    """``/etc/shadow`` with every set "last changed" day (the third field) on the epoch's day."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2]:
+            fields[2] = str(epoch // 86400)
+        lines.append(":".join(fields))
+    return "".join(lines)
+
+
 def normalise(sif: Path, definition: Path, workdir: Path, log=print) -> bool:
     """Rewrite ``sif`` (in place, atomically) so that it depends only on its definition's content.
     False (nothing changed) when not root; ImageError if a tool fails."""
@@ -103,6 +118,9 @@ def normalise(sif: Path, definition: Path, workdir: Path, log=print) -> bool:
                 shutil.rmtree(root / rel)
             else:
                 (root / rel).unlink(missing_ok=True)
+        for rel in SHADOW_FILES:
+            if (root / rel).is_file():
+                (root / rel).write_text(fixed_shadow((root / rel).read_text()))
         labels_file = root / ".singularity.d" / "labels.json"
         labels = fixed_labels(json.loads(labels_file.read_text()))
         labels_file.write_text(json.dumps(labels, indent="\t", sort_keys=True))
@@ -138,7 +156,7 @@ def normalise(sif: Path, definition: Path, workdir: Path, log=print) -> bool:
 def reproduce(names: list[str], log=print) -> list[str]:
     """Rebuild each image from nothing in a scratch cache (``<cache>/reproduce-<pid>``, removed
     after) and compare its sha256 with the committed lock's; one message per image that differs."""
-    from .lock import lock_entry
+    from .lock import load_lock, lock_entry
 
     scratch = paths.cache_dir() / f"reproduce-{os.getpid()}"
     problems = []
@@ -151,7 +169,7 @@ def reproduce(names: list[str], log=print) -> list[str]:
             if proc.returncode != 0:
                 problems.append(f"image '{name}': the rebuild failed (exit {proc.returncode})")
                 continue
-            built = json.loads((scratch / paths.LOCAL_LOCK_NAME).read_text())["images"][name]
+            built = load_lock(scratch / paths.LOCAL_LOCK_NAME)["images"][name]
             if built["image_sha256"] == pinned["image_sha256"]:
                 log(f"[{name}] reproduced: sha256:{built['image_sha256']} is the committed lock's, bit for bit")
                 continue
@@ -185,13 +203,10 @@ def _stamp(sif: Path) -> None:
         fh.write(times)
         fh.seek(_HEADER_ID)
         fh.write(bytes(16))
-        fh.flush()
-        fh.seek(0)
-        digest = hashlib.sha256()
-        while chunk := fh.read(8 << 20):
-            digest.update(chunk)
+    ident = uuid.UUID(bytes=bytes.fromhex(sha256_file(sif))[:16], version=5)
+    with open(sif, "r+b") as fh:
         fh.seek(_HEADER_ID)
-        fh.write(uuid.UUID(bytes=digest.digest()[:16], version=5).bytes)
+        fh.write(ident.bytes)
 
 
 def _read(sif: Path, obj: dict) -> bytes:

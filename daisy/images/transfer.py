@@ -3,7 +3,8 @@
 A pull is the cost of the copy alone: chunks are read into a few reused buffers and written to a
 temporary file while a second thread hashes them (hashlib and file writes release the GIL), the
 sha256 is compared with the lock's, and only a match is renamed into place, already recorded in
-the sha256 cache so the run that follows does not hash it again. A mismatch deletes the file and names both digests.
+the sha256 cache so the run that follows does not hash it again. A mismatch deletes the file and
+names both digests.
 
 Registry credentials: Apptainer's environment variables (``APPTAINER_DOCKER_USERNAME`` /
 ``APPTAINER_DOCKER_PASSWORD``) or its login store (``apptainer registry login``,
