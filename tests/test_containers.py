@@ -228,18 +228,20 @@ def test_build_writes_local_lock_never_the_committed_one(fake_repo, fake_tools):
     assert not paths.LOCK_PATH.exists()
 
 
-def test_a_cache_hit_is_the_newest_build_of_the_definition(fake_repo, fake_tools):
+def test_a_cache_hit_is_the_newest_build_of_the_definition(fake_repo, fake_tools, monkeypatch):
     """After `build --force`, two builds of one definition are cached; the next build (a cache hit,
-    and what `publish` pins) is the newer one, whatever the order of their file names."""
+    and what `publish` pins) is the later one, even where its digest sorts last."""
+    contents = [b"SIF first build", b"SIF second build"]
+    while hashlib.sha256(contents[1]).hexdigest() < hashlib.sha256(contents[0]).hexdigest():
+        contents[1] += b"."                                     # the later build's file name sorts last
+    monkeypatch.setattr(build_module, "run_apptainer_build",
+                        lambda name, deffile, target, *args: target.write_bytes(contents.pop(0)))
     images.build(["demo"], log=lambda m: None)
-    images.build(["demo"], force=True, log=lambda m: None)
-    first, last = sorted(images.cache_dir().glob("demo-*.sif.json"))       # by name, i.e. by digest
-    for sidecar, built_at in ((first, "2026-12-02T00:25:00+00:00"), (last, "2026-12-02T00:30:00+00:00")):
-        entry = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps(dict(entry, built_at=built_at)))
+    [later] = images.build(["demo"], force=True, log=lambda m: None)
+    assert len(list(images.cache_dir().glob("demo-*.sif"))) == 2
     [hit] = images.build(["demo"], log=lambda m: None)
-    assert fake_tools["build"] == 2
-    assert hit["file"] == last.name[:-5] and images.local_entry("demo")["file"] == last.name[:-5]
+    assert not contents and hit["file"] == later["file"] == images.local_entry("demo")["file"]
+    assert later["image_sha256"] == max(p.name for p in images.cache_dir().glob("demo-*.sif")).split("@sha256-")[1][:-4]
 
 
 def test_build_refuses_version_label_mismatch(fake_repo, fake_tools):

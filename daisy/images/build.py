@@ -25,7 +25,7 @@ from daisy_steps.fileio import write_json_atomic
 
 from . import paths
 from .inspect import read_manifest
-from .lock import published_entry, record_local_build
+from .lock import local_entry, published_entry, record_local_build
 from .reproducible import normalise, squashfs_tools_version
 from .paths import (BUILD_ARG_NAMES, MKSQUASHFS_ARGS, ImageError, apptainer_version, available_images,
                     build_args, cache_dir, def_label, definition_file, definition_key, image_meta)
@@ -199,9 +199,12 @@ def _phase(line: str) -> str | None:
 
 
 def _cached_entry(name: str, key: str) -> dict | None:
-    """The build record of a cached, intact SIF of ``name`` built from definition ``key``: the
-    newest, when several builds of that definition are cached (as after ``build --force``)."""
-    for sidecar, entry in sorted(_sidecars(name), key=lambda found: found[1].get("built_at", ""), reverse=True):
+    """The build record of a cached, intact SIF of ``name`` built from definition ``key``. When
+    several builds of that definition are cached (as after ``build --force``): the one the local
+    lock names (the last build), else the newest."""
+    last = (local_entry(name) or {}).get("file")
+    for sidecar, entry in sorted(_sidecars(name), reverse=True,
+                                 key=lambda found: (found[1].get("file") == last, found[1].get("built_at", ""))):
         sif = cache_dir() / entry.get("file", "")
         if entry.get("signature"):
             continue                           # a signed copy is not what the definition builds
