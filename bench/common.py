@@ -106,6 +106,42 @@ def report(name: str, size: str, a: list[float] | float, b: list[float] | float,
     return result
 
 
+class DaisyServer:
+    """``with DaisyServer(on):`` the A side's ``daisy run`` s go through a warm DAISY server (as a
+    user's do once an earlier run started it: ``daisy/server.py``) or, off, each imports Snakemake
+    itself. A server this started is stopped at the end, and waited for."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.started: int | None = None
+
+    def __enter__(self) -> "DaisyServer":
+        from daisy import server
+
+        os.environ[server.SERVER_ENV] = "1" if self.on else "0"
+        if self.on and server.request(server.socket_path(), {}) is None:
+            server.start(server.socket_path())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                reply = server.request(server.socket_path(), {})
+                if reply:
+                    self.started = reply["pid"]
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("the DAISY server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from daisy import server
+
+        if self.started is not None:
+            server.request(server.socket_path(), {"stop": True})
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{self.started}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+
 def daisy_runner(pipeline: str, config: Path, outdir: Path, cores: int, cwd: Path, snakemake_args: str = ""):
     """The A side for :func:`alternate`: ``(run_once, stamps)``; each run empties ``outdir`` (a
     first run, not a rerun) and times ``daisy run PIPELINE`` into ``stamps["start"]``/``["end"]``."""
@@ -137,10 +173,17 @@ def json_runner(cmd, before=None):
     return run_once, results
 
 
-def slab_job(run, center: float, name: str = "ct_slab_0000") -> tuple[dict, tuple[int, int]]:
-    """The job document of a planned CT slab job, made to run alone (the centre given as a
-    parameter instead of the centre job's file), and its detector rows (start, stop)."""
-    doc = run.job_document(name)
+def first_slab_job(run) -> str:
+    """The name of a CT plan's first reconstructing job: ``ct_slab_0000``, or ``ct_volume`` when
+    the slabs fit one job (which gathers too)."""
+    return next(n for n in run.jobs if n.startswith("ct_slab_") or n == "ct_volume")
+
+
+def slab_job(run, center: float, name: str | None = None) -> tuple[dict, tuple[int, int]]:
+    """The job document of a planned CT slab job (default: :func:`first_slab_job`), made to run
+    alone (the centre given as a parameter instead of the centre job's file), and its detector
+    rows (start, stop)."""
+    doc = run.job_document(name or first_slab_job(run))
     for st in doc["steps"]:
         if st["step"] == "ct.recon":
             st["inputs"] = {}

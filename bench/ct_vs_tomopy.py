@@ -13,6 +13,10 @@ bench/direct_tomopy_gzip.py). A starts from an empty outdir every time; runs alt
     python3 bench/ct_vs_tomopy.py --size full      # 1500 x 1024 x 1024: ratio, target <= 1.10
     python3 bench/ct_vs_tomopy.py --size fixed     # 900 x 32 x 512: fixed cost A - B in seconds
     python3 bench/ct_vs_tomopy.py --size tiny --repeats 1   # the CI smoke size
+    python3 bench/ct_vs_tomopy.py --size fixed --server off  # every run importing Snakemake itself
+
+A's runs go through a warm DAISY server (daisy/server.py), started before the timed runs as a
+user's earlier run would have (and stopped after them), unless ``--server off``.
 
 After the runs the two volumes are compared (bit-identical expected) and the last DAISY run's
 time is broken down from its job records (<outdir>/records/*.json) and the run's timestamps.
@@ -30,7 +34,7 @@ import h5py
 import numpy as np
 import yaml
 
-from common import REFERENCE, REPO, alternate, daisy_runner, json_runner, loadavg, report
+from common import REFERENCE, REPO, DaisyServer, alternate, daisy_runner, json_runner, loadavg, report
 from make_ct_data import SIZES
 
 
@@ -115,6 +119,9 @@ def main() -> int:
     ap.add_argument("--mode", choices=["ratio", "difference"], default=None,
                     help="default: ratio for full, difference for fixed and tiny")
     ap.add_argument("--snakemake-args", default="", help="extra snakemake arguments for DAISY, e.g. --force-use-threads")
+    ap.add_argument("--server", choices=["on", "off"], default="on",
+                    help="A's runs through a warm DAISY server (started before the timed runs, as an earlier run "
+                         "would have) or each importing Snakemake itself")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     from daisy import images
@@ -152,8 +159,10 @@ def main() -> int:
 
     load_before = loadavg()
     print(f"CT {tag}: {raw.name} ({raw.stat().st_size / 2**30:.2f} GiB), centre {center}, {args.threads} threads "
-          f"both sides, compression {args.compression}, load average {load_before}", flush=True)
-    a, b = alternate(daisy_run, direct_run, args.repeats)
+          f"both sides, compression {args.compression}, DAISY server {args.server}, load average {load_before}",
+          flush=True)
+    with DaisyServer(args.server == "on"):
+        a, b = alternate(daisy_run, direct_run, args.repeats)
     bd = breakdown(outdir, stamps["start"], stamps["end"])
     equal, diff = volumes_equal(outdir / "ct" / "volume.h5", direct_out)
     print(f"  volumes bit-identical: {equal}" + ("" if equal else f" (max abs difference {diff:.3g})"))
@@ -171,10 +180,13 @@ def main() -> int:
         name += "_" + "".join(c for c in args.snakemake_args if c.isalnum() or c == "-").strip("-").replace("--", "_")
     if args.size == "tiny":
         name += "_tiny"
+    if args.server == "off":
+        name += "_no_server"
     report(name, f"{angles}x{rows}x{cols} uint16, {args.threads} threads, {args.compression}", a, b, mode=mode,
            target=target, met=met,
            extra={"volumes_identical": equal, "snakemake_args": args.snakemake_args, "breakdown": bd, "direct_phases": direct_phases,
                   "direct_peak_rss_bytes": direct_rss, "load_before": load_before, "load_after": loadavg(),
+                  "daisy_server": args.server,
                   "config": cfg},
            record=not args.no_record)
     return 0

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import REPO, loadavg, report, slab_job
+from common import REPO, first_slab_job, loadavg, report, slab_job
 from make_ct_data import SIZES
 
 
@@ -42,8 +42,9 @@ def main() -> int:
            "input": {"file": str(raw), "layout": "dxchange"}, "center": {"method": "manual", "center": center},
            "save": {"previews": False, "compression": "none"}}
     run = plan(cfg)
-    doc, (r0, r1) = slab_job(run, center)  # the centre as a parameter: no centre job needed
-    job = work / "jobs" / "ct_slab_0000.json"
+    name = first_slab_job(run)     # ct_volume when the slabs fit one job (it gathers too)
+    doc, (r0, r1) = slab_job(run, center, name)  # the centre as a parameter: no centre job needed
+    job = work / "jobs" / f"{name}.json"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps(doc))
     h = r1 - r0
@@ -63,13 +64,13 @@ def main() -> int:
     peak = max(peaks)
     mib = 2**20
     print(f"slab {r0}:{r1} ({h} rows of {rows}): raw uint16 slab {raw_slab / mib:.0f} MiB, float32 projections "
-          f"{proj32 / mib:.0f} MiB, volume slab {vol / mib:.0f} MiB; planner's mem_mb {run.jobs['ct_slab_0000'].mem_mb}; "
+          f"{proj32 / mib:.0f} MiB, volume slab {vol / mib:.0f} MiB; planner's mem_mb {run.jobs[name].mem_mb}; "
           f"peak RSS {peak / mib:.0f} MiB = {peak / raw_slab:.2f} x raw slab = {peak / (proj32 + vol):.2f} x "
           f"(float32 projections + volume); load average {loadavg()}")
     report("peak_memory" + ("_tiny" if args.size == "tiny" else ""),
            f"slab {h} rows of {angles}x{rows}x{cols}", [peak / mib], [raw_slab / mib], mode="ratio", unit="MiB",
            target="report", extra={"peak_rss_bytes": peaks, "raw_slab_bytes": raw_slab, "proj_float32_bytes": proj32,
-                                   "volume_slab_bytes": vol, "planner_mem_mb": run.jobs["ct_slab_0000"].mem_mb,
+                                   "volume_slab_bytes": vol, "planner_mem_mb": run.jobs[name].mem_mb,
                                    "rows": [r0, r1]},
            record=not args.no_record)
     return 0

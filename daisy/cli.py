@@ -77,6 +77,9 @@ def run_pipeline(pipeline: str, config: Path, profile: str = "workstation", core
 def run_snakemake(args: list[str]) -> int:
     """Snakemake's own command line, in this process: no second interpreter start and no second
     import of what DAISY has loaded already (docs/benchmarks.md). Returns its exit status."""
+    from .lazy_modules import defer_all
+
+    defer_all()               # pandas: loaded if a plugin uses it, not at every start
     from snakemake.cli import main as snakemake_main
 
     try:
@@ -197,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_report_cli(sub)
     from .online import cli as online_cli
     online_cli.register_cli(sub)
+    from .server import register_cli as register_server_cli
+    register_server_cli(sub)
     return parser
 
 

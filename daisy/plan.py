@@ -146,8 +146,8 @@ class Run:
         if name in self.jobs:
             raise StepError(f"job {name} is planned twice (two scans or blocks with one name)")
         outputs = {slot: self.output(stage, slot, index) for slot in self.outputs[stage]}
-        job = Job(name, st, steps, _step_inputs(steps, extra_inputs), outputs, threads, mem_mb, runtime_min,
-                  _index(index) if index is not None else None)
+        job = Job(name, st, steps, _step_inputs(steps, extra_inputs, own={*outputs.values(), self.record_file(name)}),
+                  outputs, threads, mem_mb, runtime_min, _index(index) if index is not None else None)
         _check_job(job)
         self.jobs[name] = job
         return job
@@ -190,9 +190,11 @@ class Run:
         }
 
 
-def _step_inputs(steps: list[dict[str, Any]], extra: tuple[str, ...]) -> list[str]:
+def _step_inputs(steps: list[dict[str, Any]], extra: tuple[str, ...], own: set[str] = frozenset()) -> list[str]:
+    """The files a job's steps read, less those the job makes itself (``own``: its outputs and
+    record, which a later step of the job may read, e.g. a gather in the job that made the slab)."""
     files = [str(FileRef.parse(v).path) for s in steps for v in s.get("inputs", {}).values()]
-    return list(dict.fromkeys([*files, *map(str, extra)]))
+    return [f for f in dict.fromkeys([*files, *map(str, extra)]) if f not in own]
 
 
 def _check_job(job: Job) -> None:

@@ -239,6 +239,17 @@ def _drop_or_keep_intermediates(run: Run) -> None:
               file=sys.stderr)
 
 
+def write_provenance(run: Run) -> None:
+    """The ``provenance`` rule: every job is done, so the image holders are asked to stop (they
+    exit while the provenance is written; :func:`finish_run` waits for them), then
+    :func:`daisy.provenance.write`."""
+    from . import provenance
+
+    for holders in _holders:
+        holders.stop()
+    provenance.write(run)
+
+
 def finish_run() -> None:
     """``onsuccess``/``onerror``: stop the image holders and let the process exit."""
     from . import outdir_lock

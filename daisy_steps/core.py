@@ -132,14 +132,19 @@ class JobContext:
     image (``{name, version, sha256}``) and step-code pin (for the provenance a gather step
     writes into its result), the results it reports in the job record (``results``, e.g.
     the rotation centre), and its warnings (:meth:`warn`: the record's ``warnings``, printed
-    at the end of the run)."""
+    at the end of the run). An input may be a file an earlier step of the same job wrote
+    (:meth:`input` gives its temporary file until the job commits) or the job's own record
+    (:meth:`own_record`: the steps run so far)."""
 
     def __init__(self, inputs: dict[str, str], outputs: dict[str, str], outset: OutputSet,
                  threads: int, step: str, job_name: str | None = None,
-                 image: dict[str, Any] | None = None, code_sha256: str | None = None) -> None:
+                 image: dict[str, Any] | None = None, code_sha256: str | None = None,
+                 record: dict[str, Any] | None = None, record_path: str | None = None) -> None:
         self._inputs = {k: FileRef.parse(v) for k, v in inputs.items()}
         self._outputs = {k: FileRef.parse(v) for k, v in outputs.items()}
         self._outset = outset
+        self._record = record
+        self._record_path = os.path.abspath(record_path) if record_path else None
         self.threads = threads
         self.step = step
         self.job_name = job_name
@@ -163,14 +168,38 @@ class JobContext:
         return list(self._inputs)
 
     def input(self, slot: str) -> FileRef:
-        """The input file (and dataset) bound to ``slot``; it must exist."""
-        try:
-            ref = self._inputs[slot]
-        except KeyError:
-            raise StepError(f"step {self.step}: input '{slot}' is not given in the job file") from None
+        """The input file (and dataset) bound to ``slot``; it must exist. A file an earlier step
+        of this job wrote is read from its temporary file (it gets its name when the job commits)."""
+        ref = self.input_name(slot)
+        written = self._outset.pending(ref.path)
+        if written is not None:
+            if not written.is_file():
+                raise StepError(f"step {self.step}: input '{slot}' ({ref.path}) was to be written by an earlier "
+                                f"step of this job, which did not write it")
+            return FileRef(written, ref.dataset)
         if not ref.path.is_file():
             raise StepError(f"step {self.step}: input file {ref.path} does not exist")
         return ref
+
+    def input_name(self, slot: str) -> FileRef:
+        """The file (and dataset) the job file names for input ``slot``: its final name, for
+        links between files (a virtual dataset's sources), never for reading."""
+        try:
+            return self._inputs[slot]
+        except KeyError:
+            raise StepError(f"step {self.step}: input '{slot}' is not given in the job file") from None
+
+    def own_record(self, slot: str) -> dict[str, Any] | None:
+        """When input ``slot`` names this job's own record: the record so far, its steps those
+        run before the first step of this kind (a gather in the job that made what it gathers);
+        else None."""
+        if self._record is None or self._record_path is None or slot not in self._inputs:
+            return None
+        if os.path.abspath(self._inputs[slot].path) != self._record_path:
+            return None
+        steps = list(self._record.get("steps") or [])
+        first = next((i for i, entry in enumerate(steps) if entry.get("step") == self.step), len(steps))
+        return {**self._record, "steps": steps[:first]}
 
     def has_output(self, slot: str) -> bool:
         return slot in self._outputs
@@ -322,11 +351,24 @@ def load_job(path: str | os.PathLike, single_step: str | None = None) -> dict[st
 
 
 def _check_paths(job: dict[str, Any]) -> None:
-    inputs = {FileRef.parse(v).path.resolve() for s in job["steps"] for v in s.get("inputs", {}).values()}
+    """Refuse an output that would overwrite a file the job reads before (or while) writing it; a
+    later step may read what an earlier one wrote (it is passed on before the job commits)."""
+    read: set[Path] = set()
     for entry in job["steps"]:
+        read |= {FileRef.parse(v).path.resolve() for v in entry.get("inputs", {}).values()}
         for slot, text in entry.get("outputs", {}).items():
-            if FileRef.parse(text).path.resolve() in inputs:
+            if FileRef.parse(text).path.resolve() in read:
                 raise StepError(f"step {entry['step']}: output '{slot}' ({text}) would overwrite an input")
+
+
+def _external_inputs(job: dict[str, Any]) -> set[Path]:
+    """The files a job reads that it does not make itself (its outputs, its own record)."""
+    steps = [s for s in job.get("steps", []) if isinstance(s, dict)]
+    own = {Path(os.path.abspath(FileRef.parse(v).path)) for s in steps for v in s.get("outputs", {}).values()}
+    if job.get("record"):
+        own.add(Path(os.path.abspath(job["record"])))
+    paths = {FileRef.parse(v).path for s in steps for v in s.get("inputs", {}).values()}
+    return {p for p in paths if Path(os.path.abspath(p)) not in own}
 
 
 def job_image(job: dict[str, Any]) -> str | None:
@@ -375,7 +417,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         store = DataStore()
         for cls, entry, params in prepared:
             ctx = JobContext(entry.get("inputs", {}), entry.get("outputs", {}), outset, threads, cls.name,
-                             job_name=job["job"], image=job.get("image"), code_sha256=code)
+                             job_name=job["job"], image=job.get("image"), code_sha256=code,
+                             record=record, record_path=job.get("record"))
             step = cls(params, store, ctx)
             started, clock = now(), time.perf_counter()
             running = {"step": cls.name, "version": cls.version, "image": image, "params": params,
@@ -406,7 +449,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         outset.discard()
         _write_failed_record(job, record, exc, running, libraries, hash_limit)
         raise
-    input_paths = {FileRef.parse(v).path for s in job["steps"] for v in s.get("inputs", {}).values()}
+    input_paths = _external_inputs(job)
     record["status"] = "completed"
     record["warnings"] = _warnings(record)
     record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(input_paths) if p.is_file()}
@@ -453,8 +496,7 @@ def _write_failed_record(job: dict[str, Any], record: dict[str, Any], exc: BaseE
                                     "status": "failed"})
             record["failed_step"] = running["step"]
         record["warnings"] = _warnings(record)
-        inputs = {FileRef.parse(v).path for s in job.get("steps", []) if isinstance(s, dict)
-                  for v in s.get("inputs", {}).values()}
+        inputs = _external_inputs(job)
         record["inputs"] = {str(p): _describe(p, hash_limit) for p in sorted(inputs) if p.is_file()}
         slurm_record.add(record)
         write_json_atomic(job["record"], record)

@@ -124,6 +124,15 @@ class OutputSet:
         self._pending[final] = tmp
         return tmp
 
+    def pending(self, final: str | os.PathLike) -> Path | None:
+        """The temporary file of ``final`` if a step of this job has written it (an output an
+        earlier step of the job made, read by a later one before the job commits), else None."""
+        final = Path(os.path.abspath(final))
+        for path, tmp in self._pending.items():
+            if Path(os.path.abspath(path)) == final:
+                return tmp
+        return None
+
     def commit(self) -> list[Path]:
         """Rename every temporary file to its final name; return the final paths."""
         done = []

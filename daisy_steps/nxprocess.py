@@ -66,6 +66,10 @@ def read_records(ctx) -> list[dict[str, Any]]:
     """The job records given to a step as ``record_*`` input slots, checked enough to use."""
     records = []
     for slot in record_slots(ctx):
+        own = ctx.own_record(slot) if hasattr(ctx, "own_record") else None
+        if own is not None:          # the job that made the inputs is this one: its steps so far
+            records.append(own)
+            continue
         path = ctx.input(slot).path
         try:
             record = json.loads(Path(path).read_text())

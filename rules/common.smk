@@ -63,9 +63,7 @@ rule provenance:
         RUN.log_file("provenance"),
     localrule: True
     run:
-        from daisy import provenance
-
-        provenance.write(RUN)
+        daisy_workflow.write_provenance(RUN)
 
 
 # While jobs run: the outdir locked, images verified against the lock, held mounted and warm

@@ -71,3 +71,22 @@ rule ct_gather:
         **STAGE["ct_gather"].wildcard_constraints,
     shell:
         JOB_SHELL
+
+
+# One slab job and the gather in one process (the plan's choice when the slabs fit one job).
+rule ct_volume:
+    input:
+        unpack(STAGE["ct_volume"].input),
+    output:
+        **STAGE["ct_volume"].output,
+    log:
+        STAGE["ct_volume"].log,
+    container:
+        STAGE["ct_volume"].container
+    threads: STAGE["ct_volume"].threads
+    resources:
+        **STAGE["ct_volume"].resources,
+    wildcard_constraints:
+        **STAGE["ct_volume"].wildcard_constraints,
+    shell:
+        JOB_SHELL

@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# every `daisy run` a test starts runs without the warm server (which would outlive the test);
+# tests/test_server.py turns it on, in a runtime folder of its own, and stops it
+os.environ["DAISY_SERVER"] = "0"
 
 
 def require_image(name: str) -> Path:

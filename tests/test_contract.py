@@ -180,6 +180,63 @@ def test_output_may_not_overwrite_input(tmp_path):
         run_job(_job(raw, raw))
 
 
+def test_a_later_step_reads_what_an_earlier_one_wrote(tmp_path):
+    """A file an earlier step of the job wrote is read, before the job commits, from its
+    temporary file; it is the job's output, not its input. A step may not write a file that a
+    step before it (or itself) read."""
+    raw = _raw(tmp_path)
+    out = tmp_path / "out" / "o.h5"
+    copy = tmp_path / "out" / "copy.h5"
+    job = _job(raw, out)
+    job["steps"] += [{"step": "hdf5.load", "inputs": {"source": f"{out}:/entry/data/data"},
+                      "params": {"key": "again"}},
+                     {"step": "hdf5.save", "params": {"key": "again"}, "outputs": {"target": f"{copy}:/c"}}]
+    record = run_job(job)
+    with h5py.File(out) as a, h5py.File(copy) as b:
+        np.testing.assert_array_equal(a["/entry/data/data"][()], b["/c"][()])
+    assert set(record["outputs"]) == {str(out), str(copy)} and set(record["inputs"]) == {str(raw)}
+    assert not [p for p in (tmp_path / "out").iterdir() if ".part-" in p.name]
+    job["steps"] = [job["steps"][2], job["steps"][0], job["steps"][1]]   # read o.h5, then write it
+    with pytest.raises(StepError, match="would overwrite an input"):
+        run_job(job)
+
+
+def test_a_step_reading_an_earlier_steps_file_that_was_not_written_fails(tmp_path):
+    from daisy_steps.core import JobContext
+
+    out = tmp_path / "o.h5"
+    ctx = JobContext({"source": str(out)}, {}, OutputSet(), 1, "hdf5.load")
+    with pytest.raises(StepError, match="does not exist"):
+        ctx.input("source")
+    outset = OutputSet()
+    outset.temporary(out)                         # declared by an earlier step, never written
+    ctx = JobContext({"source": str(out)}, {}, outset, 1, "hdf5.load")
+    with pytest.raises(StepError, match="earlier step of this job, which did not write it"):
+        ctx.input("source")
+    assert ctx.input_name("source").path == out
+
+
+def test_a_step_reads_its_own_jobs_record_so_far(tmp_path):
+    """A gather in the job that made its inputs reads the job's record so far: the steps before
+    the first step of its own kind (the volume's processes, not the gather's own)."""
+    from daisy_steps.core import JobContext
+    from daisy_steps.nxprocess import read_records
+
+    own = tmp_path / "records" / "job.json"
+    other = tmp_path / "records" / "centre.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"job": "centre", "status": "completed", "steps": [{"step": "ct.find_center"}]}))
+    record = {"job": "job", "status": "running", "steps": [{"step": "ct.load"}, {"step": "ct.recon"},
+                                                           {"step": "ct.gather"}]}
+    ctx = JobContext({"record_centre": str(other), "record_job": str(own)}, {}, OutputSet(), 1, "ct.gather",
+                     record=record, record_path=str(own))
+    assert ctx.own_record("record_centre") is None
+    records = read_records(ctx)
+    assert [r["job"] for r in records] == ["centre", "job"]
+    assert [s["step"] for s in records[1]["steps"]] == ["ct.load", "ct.recon"]
+    assert len(record["steps"]) == 3                                  # the job's record is not changed
+
+
 def test_code_pin_mismatch_is_refused(tmp_path):
     raw = _raw(tmp_path)
     with pytest.raises(StepError, match="step code differs"):

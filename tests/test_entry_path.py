@@ -83,8 +83,30 @@ def test_read_once_auto_splits_files_worth_a_job(tmp_path, monkeypatch):
     assert "ct_rows" not in plans.plan(cfg).jobs
 
 
-def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):
+def test_one_slab_job_runs_the_gather_too(tmp_path):
+    """Slabs that fit one job: ct_volume runs the slab chain and the gather in one process. Its
+    outputs are the slab job's (same names) and the gather's; it reads no file it makes itself,
+    and its gather reads its own record (the steps so far) besides the centre job's."""
     run = plans.plan(_ct_config(tmp_path))
+    assert list(run.jobs) == ["ct_center", "ct_volume"]
+    job = run.jobs["ct_volume"]
+    assert job.image == "tomopy" and not run.stage_jobs("ct_slab") and not run.stage_jobs("ct_gather")
+    assert {run.path("ct", "slabs", "slab_0000.h5"), run.path("ct", "volume.h5")} <= set(job.outputs.values())
+    assert not set(job.inputs) & {*job.outputs.values(), run.record_file("ct_volume")}
+    gather = next(s for s in job.steps if s["step"] == "ct.gather")
+    assert gather["inputs"]["slab_0000"] == run.path("ct", "slabs", "slab_0000.h5")
+    assert {gather["inputs"]["record_ct_center"], gather["inputs"]["record_ct_volume"]} == \
+        {run.record_file("ct_center"), run.record_file("ct_volume")}
+    spec = workflow.rule_spec(run, "ct_volume")
+    assert spec.output == {**job.outputs, "record": run.record_file("ct_volume")}
+    assert workflow.rule_spec(run, "ct_slab").output == {"record": run.record_file("ct_slab_{index}")}
+    two = plans.plan(_ct_config(tmp_path, slabs={"count": 2, "per_job": 1}))
+    assert list(two.jobs) == ["ct_center", "ct_slab_0000", "ct_slab_0001", "ct_gather"]
+    assert workflow.rule_spec(two, "ct_volume").output == {"record": two.record_file("ct_volume")}
+
+
+def test_plan_refuses_a_job_against_its_stage_or_ports(tmp_path):
+    run = plans.plan(_ct_config(tmp_path, slabs={"count": 2, "per_job": 1}))
     slab = run.jobs["ct_slab_0000"]
     with pytest.raises(StepError, match="not a chain of stage ct_slab"):
         run.add_job("ct_slab", [*slab.steps, {"step": "ct.gather"}], 9)
@@ -108,7 +130,7 @@ def test_lint_and_dry_run_need_no_images(tmp_path):
     assert "Congratulations, your workflow is in a good condition" in lint.stdout + lint.stderr, lint.stderr[-3000:]
     dry = snakemake(tmp_path, cfg_path, "-n", env=env, check=False)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    for name in ("ct_center", "ct_slab", "ct_gather", "provenance"):
+    for name in ("ct_center", "ct_volume", "provenance"):
         assert re.search(rf"\b{name}\b", dry.stdout + dry.stderr)
     real = daisy("run", "ct", "--config", str(cfg_path), cwd=tmp_path, env=env)
     assert real.returncode != 0

@@ -103,7 +103,7 @@ def test_ct_report_renders_with_centre_previews_and_provenance(runs, tmp_path):
     centre = result.center
     assert centre is not None and f"{centre:.3f}" in dom
     for needle in ("Rotation centre", "Previews", "Parameters that differ from the defaults", "stripe.method",
-                   "Timings per job", "ct_slab_0000", "ct_gather", "Provenance", "tomopy", "completed"):
+                   "Timings per job", "ct_center", "ct_volume", "Provenance", "tomopy", "completed"):
         assert needle in dom, needle
     for name, info in prov["images"].items():
         assert info["image_sha256"] in dom, name

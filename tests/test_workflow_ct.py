@@ -69,8 +69,9 @@ def test_ct_scenarios(ct_workdir, layout):
         assert handle["/entry/data/data"].is_virtual            # gathered without copying
         assert handle["/entry/data"].attrs["NX_class"] == "NXdata"
     prov = json.loads((out / "provenance.json").read_text())
-    slab_jobs = [name for name in prov["jobs"] if name.startswith("ct_slab_")]
-    # 3 slabs, grouped into jobs (slabs.per_job null: a scan this small needs no more jobs than cores)
+    slab_jobs = [name for name in prov["jobs"] if name.startswith("ct_slab_") or name == "ct_volume"]
+    # 3 slabs, grouped into jobs (slabs.per_job null: a scan this small needs no more jobs than cores;
+    # one job: ct_volume, which gathers too)
     passes = [s for j in slab_jobs for s in prov["jobs"][j]["steps"] if s["step"] == "ct.recon"]
     assert len(passes) == 3 and 1 <= len(slab_jobs) <= 3
     for name in ("xy", "xz", "yz", *(f"sinogram_slab_{i:04d}" for i in range(len(slab_jobs)))):
@@ -102,6 +103,14 @@ def test_chunked_equals_unchunked_and_direct_tomopy(ct_workdir):
     prov = json.loads((out_many / "provenance.json").read_text())
     assert len([j for j in prov["jobs"] if j.startswith("ct_slab_")]) == 5      # 14,14,14,14,8 rows
     assert np.array_equal(vol_one, vol_many)
+    # one slab job gathers in its own process (ct_volume); the volume's processes are the same steps
+    p_one = json.loads((out_one / "provenance.json").read_text())
+    assert sorted(p_one["jobs"]) == ["ct_center", "ct_volume"]
+    with h5py.File(out_one / "ct" / "volume.h5") as a, h5py.File(out_many / "ct" / "volume.h5") as b:
+        steps = [[name.split("_", 2)[2] for name in f["/entry"] if name.startswith("process_")
+                  and not name.endswith("ct.save_stage")] for f in (a, b)]     # many also keeps a stage
+        assert steps[0] == steps[1] and steps[0][-1] == "ct.gather", steps
+        assert a["/entry/data/data"].virtual_sources()[0].file_name == "slabs/slab_0000.h5"
     assert np.array_equal(volume(out_grouped / "ct" / "volume.h5"), vol_one)
     assert np.array_equal(volume(out_grouped / "ct" / "stages" / "attenuation.h5"),
                           volume(out_many / "ct" / "stages" / "attenuation.h5"))

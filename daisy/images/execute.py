@@ -90,11 +90,15 @@ class ImageHolders:
             except OSError:
                 pass
 
-    def release(self) -> None:
-        """Stop every holder and wait for it (killed after 10 s)."""
+    def stop(self) -> None:
+        """Ask every holder to stop, without waiting (:meth:`release` waits): the run's jobs are done."""
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
+
+    def release(self) -> None:
+        """Stop every holder and wait for it (killed after 10 s)."""
+        self.stop()
         for proc in self.processes:
             try:
                 proc.wait(timeout=10)

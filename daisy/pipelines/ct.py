@@ -9,6 +9,9 @@
     ct_gather          (base)    HDF5 virtual dataset over the slabs (no copy) + previews (+ TIFF)
                                  (+ one stage file per save.stages entry, gathered the same way);
                                  the records of the jobs above become the files' NXprocess groups
+    ct_volume          (tomopy)  instead of ct_slab_0000 and ct_gather when there is one slab job: its
+                                 chain, then the gather, in one process (no second job's start; the
+                                 gather reads the slab file before the job commits it)
 
 input.stage decides where the chain starts: raw (ct.load, normalize, minus-log), normalized
 (ct.load_processed, minus-log only) or attenuation (ct.load_processed, neither); the stage is
@@ -238,24 +241,43 @@ STAGES = (
           doc="slabs -> virtual volume, previews, TIFF (+ one virtual stage file per save.stages entry)"),
 )
 ROWS, CENTER, SLAB, GATHER = STAGES
+VOLUME = Stage("ct", "ct_volume", "tomopy", (*SLAB.steps, *GATHER.steps), repeats=True,
+               doc="one slab job's chain, then the gather, in one process (when the slabs fit one job)")
+STAGES = (*STAGES, VOLUME)
+
+#: the slots of a ct_slab job's outputs among the ct_volume job's (where the gather's take the plain names)
+VOLUME_SLAB_SLOTS = {"slab": "slab", "preview": "preview_sinogram"}
 
 
-def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None) -> None:
+def volume_slot(slot: str) -> str:
+    """The ct_volume slot of ct_slab output ``slot`` (``stage_<name>`` becomes ``slab_stage_<name>``)."""
+    return VOLUME_SLAB_SLOTS.get(slot, f"slab_{slot}")
+
+
+def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None, one_job: bool = False) -> None:
     """The run's stages and the outputs this config asks for (``parts``: the row files of
-    ct_rows, when the raw frames are read once)."""
+    ct_rows, when the raw frames are read once; ``one_job``: one slab job, run with the gather
+    as ct_volume, whose outputs are the slab job's (index 0000) and the gather's)."""
     save = run.config["save"]
     run.add_stage(ROWS, {slot: Output(f"ct/rows/{slot}.h5", temp=True) for slot in parts or {}})
     run.add_stage(CENTER, {"center": "ct/center.json"})
-    run.add_stage(SLAB, {"slab": "ct/slabs/slab_{index}.h5",
-                         **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {}),
-                         **{f"stage_{name}": f"ct/stages/{name}/slab_{{index}}.h5" for name in save["stages"]}})
+    slab = {"slab": "ct/slabs/slab_{index}.h5",
+            **({"preview": "ct/previews/sinogram_slab_{index}.png"} if save["previews"] else {}),
+            **{f"stage_{name}": f"ct/stages/{name}/slab_{{index}}.h5" for name in save["stages"]}}
     gather = {"volume": "ct/volume.h5"}
     if save["previews"]:
         gather.update({f"preview_{axes}": f"ct/previews/{axes}.png" for axes in ("xy", "xz", "yz")})
     if save["tiff"]:
         gather["tiff"] = "ct/volume.tif"
     gather.update({f"stage_{name}": f"ct/stages/{name}.h5" for name in save["stages"]})
-    run.add_stage(GATHER, gather)
+    if one_job:
+        run.add_stage(SLAB, {})
+        run.add_stage(GATHER, {})
+        run.add_stage(VOLUME, {**{volume_slot(s): p.format(index="0000") for s, p in slab.items()}, **gather})
+    else:
+        run.add_stage(SLAB, slab)
+        run.add_stage(GATHER, gather)
+        run.add_stage(VOLUME, {})
 
 
 #: slabs.read_once auto: the raw file is split for its readers when reading it whole once per
@@ -297,7 +319,11 @@ def plan(run: Run) -> None:
         parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
         if centre:
             parts["rows_center"] = centre
-    add_stages(run, parts)
+    one_job = len(groups) == 1
+    add_stages(run, parts, one_job)
+
+    def slab_output(slot: str, index: int) -> str:
+        return run.output("ct_volume", volume_slot(slot)) if one_job else run.output("ct_slab", slot, index)
 
     def load(slot: str, start: int, stop: int) -> dict:
         if not parts:
@@ -334,29 +360,39 @@ def plan(run: Run) -> None:
         for member in members:
             r0, r1 = bounds[member]
             keep = {name: {"step": "ct.save_stage",
-                           "outputs": {"slab": run.output("ct_slab", f"stage_{name}", index)},
+                           "outputs": {"slab": slab_output(f"stage_{name}", index)},
                            "params": {"stage": name, "stripe_method": cfg["stripe"]["method"],
                                       "source_provenance": "../../provenance.json", **slab_params, **in_file}}
                     for name in save["stages"]}
             steps += [load(f"rows_{member:04d}", r0, r1), *_prepare(cfg, stage, keep)]
             if save["previews"] and r0 <= middle < r1:  # the job's middle sinogram, minus-logged, in memory here
                 steps.append({"step": "ct.preview_sinogram", "params": {"row": middle},
-                              "outputs": {"png": run.output("ct_slab", "preview", index)}})
+                              "outputs": {"png": slab_output("preview", index)}})
             # ct.recon writes the job's file block by block while it reconstructs (no ct.save_slab)
             steps.append({"step": "ct.recon", "params": {**recon, **slab_params, "keep_volume": False, **in_file},
-                          "inputs": center_input, "outputs": {"slab": run.output("ct_slab", "slab", index)}})
+                          "inputs": center_input, "outputs": {"slab": slab_output("slab", index)}})
         tallest = max(bounds[m][1] - bounds[m][0] for m in members)
-        run.add_job("ct_slab", steps, index, threads=threads, mem_mb=job_memory_mb(shape, tallest))
+        slab_steps, slab_mem = steps, job_memory_mb(shape, tallest)
+        if not one_job:
+            run.add_job("ct_slab", steps, index, threads=threads, mem_mb=slab_mem)
 
-    slabs = {f"slab_{i:04d}": run.output("ct_slab", "slab", i) for i in range(len(groups))}
-    # the records of the jobs that made the volume: its NXprocess groups (daisy_steps/nxprocess.py)
-    made_by = [*([] if manual else ["ct_center"]), *(SLAB.job_name(i) for i in range(len(groups)))]
+    slabs = {f"slab_{i:04d}": slab_output("slab", i) for i in range(len(groups))}
+    # the records of the jobs that made the volume: its NXprocess groups (daisy_steps/nxprocess.py);
+    # in ct_volume the gather reads its own job's record so far
+    made_by = [*([] if manual else ["ct_center"]),
+               *([VOLUME.job_name()] if one_job else (SLAB.job_name(i) for i in range(len(groups))))]
     records = {f"record_{name}": run.record_file(name) for name in made_by}
-    outputs = {slot: run.output("ct_gather", slot) for slot in run.outputs["ct_gather"]}
+    gather_stage = "ct_volume" if one_job else "ct_gather"
+    outputs = {slot: run.output(gather_stage, slot) for slot in ("volume", "preview_xy", "preview_xz", "preview_yz",
+                                                                  "tiff", *(f"stage_{n}" for n in save["stages"]))
+               if slot in run.outputs[gather_stage]}
     volume_outputs = {slot: path for slot, path in outputs.items() if not slot.startswith("stage_")}
     gathers = [{"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": volume_outputs}]
     for name in save["stages"]:
-        parts = {f"slab_{i:04d}": run.output("ct_slab", f"stage_{name}", i) for i in range(len(groups))}
+        parts = {f"slab_{i:04d}": slab_output(f"stage_{name}", i) for i in range(len(groups))}
         gathers.append({"step": "ct.gather", "params": {"dataset": "/entry/data/data"},
                         "inputs": {**parts, **records}, "outputs": {"volume": outputs[f"stage_{name}"]}})
-    run.add_job("ct_gather", gathers, threads=1, mem_mb=512, runtime_min=15)
+    if one_job:
+        run.add_job("ct_volume", [*slab_steps, *gathers], threads=threads, mem_mb=max(slab_mem, 512))
+    else:
+        run.add_job("ct_gather", gathers, threads=1, mem_mb=512, runtime_min=15)

@@ -283,6 +283,7 @@ def _slab_inputs(ctx, dataset: str) -> list[dict]:
     slabs = []
     for slot in slots:
         ref = ctx.input(slot)
+        name = ctx.input_name(slot).path if hasattr(ctx, "input_name") else ref.path   # the final name
         path = ref.dataset or dataset
         with open_file(ref.path) as handle:
             dset = get_dataset(handle, path, ref.path)
@@ -291,18 +292,18 @@ def _slab_inputs(ctx, dataset: str) -> list[dict]:
             if "row_offset" not in dset.attrs:
                 raise StepError(f"{ref.path}: slab {path} has no 'row_offset' attribute (write it with ct.save_slab)")
             attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dset.attrs.items()}
-            slabs.append({"slot": slot, "path": ref.path, "dataset": path, "shape": dset.shape,
+            slabs.append({"slot": slot, "path": ref.path, "name": name, "dataset": path, "shape": dset.shape,
                           "dtype": dset.dtype, "offset": int(dset.attrs["row_offset"]), "attrs": attrs})
     slabs.sort(key=lambda s: s["offset"])
     first = slabs[0]
     pos = first["offset"]
     for slab in slabs:
         if slab["shape"][1:] != first["shape"][1:] or slab["dtype"] != first["dtype"]:
-            raise StepError(f"ct.gather: slab {slab['path']} has slices {slab['shape'][1:]} {slab['dtype']} but "
-                            f"{first['path']} has {first['shape'][1:]} {first['dtype']}")
+            raise StepError(f"ct.gather: slab {slab['name']} has slices {slab['shape'][1:]} {slab['dtype']} but "
+                            f"{first['name']} has {first['shape'][1:]} {first['dtype']}")
         if slab["offset"] != pos:
             what = "gap" if slab["offset"] > pos else "overlap"
-            raise StepError(f"ct.gather: {what} before slab {slab['path']}: it starts at row {slab['offset']}, "
+            raise StepError(f"ct.gather: {what} before slab {slab['name']}: it starts at row {slab['offset']}, "
                             f"the slabs before it end at row {pos}")
         pos += slab["shape"][0]
     return slabs
@@ -356,7 +357,7 @@ class Gather(Step):
         mapping = []
         pos = 0
         for slab in slabs:
-            rel = os.path.relpath(Path(slab["path"]).resolve(), final.path.resolve().parent)
+            rel = os.path.relpath(Path(slab["name"]).resolve(), final.path.resolve().parent)
             mapping.append((pos, rel, slab))
             pos += slab["shape"][0]
         sources = [rel for _, rel, _ in mapping]
