@@ -100,16 +100,23 @@ def run_through_server(argv: list[str]) -> int | None:
         return None
     with conn:
         body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}).encode()
-        socket.send_fds(conn, [len(body).to_bytes(8, "big")], [0, 1, 2])
-        conn.sendall(body)
-        lines = conn.makefile("rb")
-        first = lines.readline()
+        try:
+            socket.send_fds(conn, [len(body).to_bytes(8, "big")], [0, 1, 2])
+            conn.sendall(body)
+            lines = conn.makefile("rb")
+            first = lines.readline()
+        except OSError:                       # a closed standard stream, or the server went away
+            return None
+        except KeyboardInterrupt:             # before the run started (it stops when we close)
+            return 130
         if not first.startswith(b"pid "):
             return None                       # the server is stopping: run without it
         pid = int(first.split()[1])
         previous = {sig: signal.signal(sig, lambda s, _f: _forward(pid, s)) for sig in FORWARDED}
         try:
             last = lines.readline()
+        except OSError:
+            last = b""
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -720,3 +720,43 @@ def test_bad_input_in_image_fails_and_leaves_no_output(ct_run, tmp_path):
         run_in_image("tomopy", job(*steps, name="bad"), tmp_path, inputs=[raw, center])
     assert not out.exists() or files_in(out) == []
     assert json.loads((tmp_path / "bad.rec.json").read_text())["status"] == "failed"  # the failure's record
+
+
+def test_rows_of_uncompressed_frame_chunks_are_read_without_reading_the_frames_whole(tmp_path):
+    """ChunkRows: a band of rows of each frame straight from its (uncompressed) chunk: the same
+    values as HDF5 gives, a band's bytes instead of whole frames; compressed chunks and unwritten
+    ones go through HDF5."""
+    from daisy_steps.ct.layouts import ChunkRows, bytes_touched, read_frames
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 60000, size=(9, 40, 24), dtype=np.uint16)
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("plain", data=data, chunks=(1, 40, 24))
+        handle.create_dataset("pairs", data=data, chunks=(2, 40, 24))
+        handle.create_dataset("packed", data=data, chunks=(1, 40, 24), compression="gzip")
+        handle.create_dataset("big_endian", data=data.astype(">u2"), chunks=(1, 40, 24))
+        sparse = handle.create_dataset("sparse", shape=data.shape, dtype=np.uint16, chunks=(1, 40, 24), fillvalue=7)
+        sparse[2] = data[2]
+    with h5py.File(path) as handle:
+        assert ChunkRows.readable(handle["plain"]) and not ChunkRows.readable(handle["packed"])
+        for name in ("plain", "pairs", "packed", "big_endian"):
+            dset = handle[name]
+            for frames in (None, np.array([0, 1, 5, 8])):
+                got = read_frames(dset, frames, (10, 17), as_float32=True)
+                want = data[frames if frames is not None else slice(None), 10:17].astype(np.float32)
+                assert got.dtype == np.float32 and np.array_equal(got, want), name
+        sparse = read_frames(handle["sparse"], None, (0, 3))
+        assert np.array_equal(sparse[2], data[2, 0:3]) and (sparse[[0, 1, 3]] == 7).all()
+        assert bytes_touched(handle["plain"], 9, (10, 17)) == 9 * 7 * 24 * 2           # the band only
+        assert bytes_touched(handle["packed"], 9, (10, 17)) == 9 * 40 * 24 * 2          # whole frames
+
+
+def test_read_once_auto_splits_nothing_where_each_job_reads_its_rows(tmp_path):
+    from daisy.pipelines import ct as ct_plan
+
+    cfg = {"slabs": {"read_once": "auto"}}
+    big = 10 << 30
+    assert ct_plan.read_once(cfg, "dxchange", "raw", 65, big, band_reads=False)
+    assert not ct_plan.read_once(cfg, "dxchange", "raw", 65, big, band_reads=True)
+    assert ct_plan.read_once({"slabs": {"read_once": "always"}}, "dxchange", "raw", 65, big, band_reads=True)

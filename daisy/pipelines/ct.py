@@ -26,7 +26,7 @@ import math
 import os
 
 from daisy_steps.core import usable_cores
-from daisy_steps.ct.layouts import READ_BLOCK_BYTES, resolve_paths, resolve_stage
+from daisy_steps.ct.layouts import READ_BLOCK_BYTES, ChunkRows, resolve_paths, resolve_stage
 from daisy_steps.ct.recon import ANALYTIC, check_params
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
@@ -58,7 +58,9 @@ def inspect_input(cfg: dict) -> tuple[tuple[int, int, int], str, dict]:
             raise StepError(f"{file}: dataset {paths.data} has shape {dset.shape}, "
                             f"expected 3 axes (frames, rows, columns)")
         shape = tuple(int(n) for n in dset.shape)
-        origin = {"stage": stage, "stage_from": how, "layout": paths.layout}
+        origin = {"stage": stage, "stage_from": how, "layout": paths.layout,
+                  # a slab job reads only its rows of each frame (unfiltered frame chunks), not whole frames
+                  "band_reads": paths.layout != "stage" and ChunkRows.readable(dset)}
         if paths.layout == "stage":
             shape = (shape[1], shape[0], shape[2])   # sinogram order on disk
             origin["stripe_removed"] = str(dset.attrs.get("stripe_removed", "none"))
@@ -286,16 +288,17 @@ def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None, one_jo
 READ_ONCE_MIN_EXTRA_BYTES = 1 << 30
 
 
-def read_once(cfg: dict, layout: str, stage: str, readers: int, raw_bytes: int) -> bool:
+def read_once(cfg: dict, layout: str, stage: str, readers: int, raw_bytes: int, band_reads: bool = False) -> bool:
     """Whether a ct_rows job reads the raw frames once for all jobs (``slabs.read_once``; auto:
     when ``readers`` (the slabs and the centre job), each reading every frame, would read more
-    than twice the file, and at least READ_ONCE_MIN_EXTRA_BYTES more)."""
+    than twice the file, and at least READ_ONCE_MIN_EXTRA_BYTES more; never when each reader
+    reads only its rows of each frame, ``band_reads``: the readers read the scan once together)."""
     mode = cfg["slabs"]["read_once"]
     if layout == "stage" or stage != "raw" or mode == "never":
         return False               # stage files are in sinogram order: a slab reads only its rows
     if mode == "always":
         return readers > 1
-    return readers > 2 and (readers - 2) * raw_bytes >= READ_ONCE_MIN_EXTRA_BYTES
+    return not band_reads and readers > 2 and (readers - 2) * raw_bytes >= READ_ONCE_MIN_EXTRA_BYTES
 
 
 def plan(run: Run) -> None:
@@ -315,7 +318,8 @@ def plan(run: Run) -> None:
     centre = None if manual else center_rows(cfg, shape[1])
     parts: dict[str, tuple[int, int]] = {}
     # every slab reads the raw file (a job of several slabs reads it once per slab)
-    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None), os.path.getsize(cfg["input"]["file"])):
+    if read_once(cfg, origin["layout"], stage, len(bounds) + (centre is not None), os.path.getsize(cfg["input"]["file"]),
+                 origin["band_reads"]):
         parts = {f"rows_{i:04d}": b for i, b in enumerate(bounds)}
         if centre:
             parts["rows_center"] = centre

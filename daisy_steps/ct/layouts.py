@@ -16,6 +16,7 @@ file is refused before any job starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import h5py
@@ -341,32 +342,110 @@ def read_frames(dset: h5py.Dataset, indices: np.ndarray | None, rows: tuple[int,
                 as_float32: bool = False) -> np.ndarray:
     """Frames ``indices`` (all if None) of a 3D stack, detector rows ``rows`` only; with
     ``as_float32`` integer counts that float32 holds exactly come as float32, converted a block of
-    frames at a time (never a whole-slab copy in the file's type)."""
+    frames at a time (never a whole-slab copy in the file's type). Frames stored whole and
+    unfiltered in their chunks are read row band by row band (:class:`ChunkRows`), not whole."""
     r0, r1 = rows
     convert = as_float32 and dset.dtype.name in EXACT_IN_FLOAT32
     frames = np.arange(dset.shape[0]) if indices is None else indices
     out = np.empty((frames.size, r1 - r0, dset.shape[2]), dtype=np.float32 if convert else dset.dtype)
     step = min(max(1, frames.size), max(1, READ_BLOCK_BYTES // max(1, (r1 - r0) * dset.shape[2] * dset.dtype.itemsize)))
     buffer = np.empty((step, r1 - r0, dset.shape[2]), dtype=dset.dtype) if convert else None
+    direct = ChunkRows.open(dset, rows)
     pos = 0
-    for a, b in _runs(frames):
-        if not convert:
-            dset.read_direct(out, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
-            pos += b - a
-            continue
-        for c in range(a, b, step):
-            n = min(step, b - c)
-            dset.read_direct(buffer, np.s_[c:c + n, r0:r1, :], np.s_[0:n])
-            out[pos:pos + n] = buffer[:n]
-            pos += n
+    try:
+        for a, b in _runs(frames):
+            if not convert:
+                _read(dset, direct, out, a, b, r0, r1, pos)
+                pos += b - a
+                continue
+            for c in range(a, b, step):
+                n = min(step, b - c)
+                _read(dset, direct, buffer, c, c + n, r0, r1, 0)
+                out[pos:pos + n] = buffer[:n]
+                pos += n
+    finally:
+        if direct is not None:
+            direct.close()
     return out
 
 
+def _read(dset, direct: "ChunkRows | None", target: np.ndarray, a: int, b: int, r0: int, r1: int, pos: int) -> None:
+    """Frames ``a:b``, rows ``r0:r1`` into ``target[pos:]``."""
+    if direct is None:
+        dset.read_direct(target, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
+    else:
+        direct.read(a, b, target[pos:pos + b - a])
+
+
+class ChunkRows:
+    """Rows of frames read straight from the file, where each frame lies whole and unfiltered in
+    its chunk (chunks of ``(k, rows, columns)``, no compression: a detector file written without
+    compression). HDF5 itself reads every chunk whole whatever rows are asked (a band of 16 rows
+    of a 1024-row frame reads all 1024), so N slab jobs would read the scan N times; here a job
+    reads its band of each frame (one ``pread`` of rows x columns values at the chunk's offset
+    plus the band's) and N jobs read the scan once between them. Compressed chunks must be read
+    whole: there ``slabs.read_once`` splits the scan once for all jobs (ct.split_rows)."""
+
+    def __init__(self, dset: h5py.Dataset, fd: int, rows: tuple[int, int]) -> None:
+        self.dset, self.fd, self.rows = dset, fd, rows
+        self.per_chunk = dset.chunks[0]
+        self.dtype = dset.dtype
+        self.frame_bytes = dset.shape[1] * dset.shape[2] * dset.dtype.itemsize
+        self.row_bytes = dset.shape[2] * dset.dtype.itemsize
+
+    @staticmethod
+    def readable(dset: h5py.Dataset) -> bool:
+        """Whether rows of ``dset`` 's frames can be read without reading the frames whole."""
+        try:
+            if dset.ndim != 3 or not dset.chunks or dset.is_virtual or dset.chunks[1:] != dset.shape[1:]:
+                return False
+            if dset.id.get_create_plist().get_nfilters() or dset.file.driver != "sec2":
+                return False
+            return hasattr(dset.id, "get_chunk_info_by_coord") and dset.dtype.kind in "uif"
+        except Exception:  # noqa: BLE001 (anything unusual: HDF5 reads it, whole chunks)
+            return False
+
+    @classmethod
+    def open(cls, dset: h5py.Dataset, rows: tuple[int, int]) -> "ChunkRows | None":
+        """A reader for ``dset`` (None where HDF5 must read: see :meth:`readable`, and whole
+        frames, which HDF5 reads as fast)."""
+        if rows[1] - rows[0] >= dset.shape[1] or not cls.readable(dset):
+            return None
+        try:
+            return cls(dset, os.open(dset.file.filename, os.O_RDONLY), rows)
+        except OSError:
+            return None
+
+    def read(self, a: int, b: int, target: np.ndarray) -> None:
+        """Frames ``a:b`` of the band into ``target`` (contiguous, the dataset's type)."""
+        r0, r1 = self.rows
+        length = (r1 - r0) * self.row_bytes
+        for i, frame in enumerate(range(a, b)):
+            first = frame - frame % self.per_chunk
+            info = self.dset.id.get_chunk_info_by_coord((first, 0, 0))
+            view = memoryview(target[i]).cast("B")
+            if info.byte_offset is None or info.size != self.per_chunk * self.frame_bytes:
+                self.dset.read_direct(target, np.s_[frame:frame + 1, r0:r1, :], np.s_[i:i + 1])  # not written
+                continue
+            offset = info.byte_offset + (frame - first) * self.frame_bytes + r0 * self.row_bytes
+            done = 0
+            while done < length:
+                got = os.preadv(self.fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise StepError(f"{self.dset.file.filename}: {self.dset.name}: frame {frame} ends early "
+                                    f"(the file is shorter than HDF5 says)")
+                done += got
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def bytes_touched(dset: h5py.Dataset, frames: int, rows: tuple[int, int]) -> int:
-    """Bytes HDF5 reads (decompressed) for ``frames`` frames of detector rows ``rows``: whole
-    chunks (a frame-chunked detector file gives every frame whole, whatever the rows)."""
+    """Bytes read (decompressed) for ``frames`` frames of detector rows ``rows``: the rows where
+    :class:`ChunkRows` reads them, else whole chunks (HDF5 gives a frame-chunked detector file's
+    every frame whole, whatever the rows)."""
     r0, r1 = rows
-    if not dset.chunks or dset.ndim != 3:
+    if not dset.chunks or dset.ndim != 3 or (r1 - r0 < dset.shape[1] and ChunkRows.readable(dset)):
         return frames * (r1 - r0) * dset.shape[2] * dset.dtype.itemsize
     cf, cr, _ = dset.chunks
     row_chunks = (r1 - 1) // cr - r0 // cr + 1
