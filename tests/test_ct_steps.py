@@ -726,7 +726,8 @@ def test_rows_of_uncompressed_frame_chunks_are_read_without_reading_the_frames_w
     """ChunkRows: a band of rows of each frame straight from its (uncompressed) chunk: the same
     values as HDF5 gives, a band's bytes instead of whole frames; compressed chunks and unwritten
     ones go through HDF5."""
-    from daisy_steps.ct.layouts import ChunkRows, bytes_touched, read_frames
+    from daisy_steps.ct.chunk_rows import ChunkRows
+    from daisy_steps.ct.layouts import bytes_touched, read_frames
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 60000, size=(9, 40, 24), dtype=np.uint16)

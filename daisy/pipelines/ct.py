@@ -26,7 +26,8 @@ import math
 import os
 
 from daisy_steps.core import usable_cores
-from daisy_steps.ct.layouts import READ_BLOCK_BYTES, ChunkRows, resolve_paths, resolve_stage
+from daisy_steps.ct.chunk_rows import ChunkRows
+from daisy_steps.ct.layouts import READ_BLOCK_BYTES, resolve_paths, resolve_stage
 from daisy_steps.ct.recon import ANALYTIC, check_params
 from daisy_steps.ct.slabs import plan_slabs
 from daisy_steps.errors import StepError
