@@ -61,10 +61,15 @@ def timed(func: Callable[[], object]) -> float:
 
 
 def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int = 3) -> tuple[list[float], list[float]]:
-    """Run A, B, A, B, ... ``repeats`` times each; return both lists of seconds."""
+    """Run A, B, A, B, ... ``repeats`` times each; return both lists of seconds. Before each run
+    (untimed) the file systems are synced: a run does not start while the kernel still writes the
+    previous one's output back (4 GiB for a full-size CT volume), which would slow whichever side
+    comes next (the page cache, and the inputs in it, stay)."""
     times_a, times_b = [], []
     for i in range(repeats):
+        os.sync()
         times_a.append(timed(a))
+        os.sync()
         times_b.append(timed(b))
         print(f"  run {i + 1}/{repeats}: A {times_a[-1]:.3f} s, B {times_b[-1]:.3f} s", flush=True)
     return times_a, times_b

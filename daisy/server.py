@@ -89,7 +89,12 @@ def socket_path() -> Path:
 
 def run_through_server(argv: list[str]) -> int | None:
     """Run ``daisy ARGV`` in the server; its exit status. None when no server answered: one is
-    started for the next run, and the caller runs this one itself."""
+    started for the next run, and the caller runs this one itself (also where it cannot wait for
+    the run as a command does: outside the main thread, which alone receives signals)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
     path = socket_path()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
