@@ -492,7 +492,8 @@ def test_ct_pipeline_runs_from_a_signed_bundle_in_a_network_namespace(tmp_path, 
     assert volume.shape[0] == 32 and np.isfinite(volume).all()
     used = json.loads((out / "provenance.json").read_text())["images"]
     fingerprint = signing.fingerprint(keys["pub"])
-    for name in ("base", "tomopy"):
+    assert "tomopy" in used                   # (one slab job gathers itself: base may not be needed)
+    for name in used:
         assert used[name]["image_sha256"] == lock[name]["image_sha256"], used[name]
         assert used[name]["origin"] == "bundle" and used[name]["signature"] == fingerprint, used[name]
     assert sifs_left(node_cache) == []                                    # used in place from the bundle
