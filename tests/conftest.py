@@ -35,6 +35,39 @@ def require_image(name: str) -> Path:
     return path
 
 
+def _servers_started_since(since: float) -> list[int]:
+    """Pids of DAISY servers of this repository's Python started after ``since`` (epoch seconds)."""
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))
+    tick = os.sysconf("SC_CLK_TCK")
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            started = boot + int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19]) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"daisy.server" in argv and argv[0].startswith(str(REPO).encode()) and started >= since - 1:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_tests():
+    """A test whose `daisy run` built its environment from scratch (DAISY_SERVER unset) may have
+    started a warm server: every one this session started is stopped at its end, by pid."""
+    import signal
+    import time
+
+    since = time.time()
+    yield
+    for pid in _servers_started_since(since):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -345,7 +345,8 @@ def test_publish_signed_then_offline_bundle_in_a_network_namespace(world, keys, 
             out[name] = [r.origin, str(r.path), r.sha256, images.check_signature(r, "require" if name == "base" else None)]
         print("RESULT " + json.dumps(out))
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAISY_", "APPTAINER_DOCKER"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DAISY_", "APPTAINER_DOCKER")) or k == "DAISY_SERVER"}
     env.update(DAISY_IMAGE_STORES=f"dir://{bundle}", DAISY_IMAGE_CACHE=str(node_cache), PYTHONPATH=str(REPO))
     proc = subprocess.run(["unshare", "-n", "--", sys.executable, "-c", script], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
@@ -476,7 +477,8 @@ def test_ct_pipeline_runs_from_a_signed_bundle_in_a_network_namespace(tmp_path, 
         work / "jobs" / "sample.json", work)
     node_cache = tmp_path / "node-cache"
     node_cache.mkdir()
-    node = {k: v for k, v in os.environ.items() if not k.startswith(("DAISY_", "APPTAINER_DOCKER"))}
+    node = {k: v for k, v in os.environ.items()
+            if not k.startswith(("DAISY_", "APPTAINER_DOCKER")) or k == "DAISY_SERVER"}
     node.update(PYTHONPATH=str(clone), DAISY_IMAGE_CACHE=str(node_cache), DAISY_IMAGE_STORES=f"dir://{bundle}",
                 DAISY_SIGNATURE_POLICY="require")
     probe = "import socket\ntry:\n socket.create_connection(('127.0.0.1', 22), 1)\nexcept OSError as e:\n print(e.errno)"
