@@ -53,10 +53,25 @@ def enabled() -> bool:
     return os.environ.get(SERVER_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
+def confinement() -> str:
+    """Where a process runs, which its children inherit: its control group (a Slurm job's, a
+    systemd scope's) and resource limits. A run must be confined as its caller is."""
+    import resource
+
+    try:
+        group = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        group = ""
+    limits = [resource.getrlimit(getattr(resource, name)) for name in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_NOFILE",
+                                                                     "RLIMIT_NPROC", "RLIMIT_CPU")]
+    return f"{group}|{limits}"
+
+
 def fingerprint() -> str:
     """What the server's loaded code depends on: the interpreter, the size and time of every
-    file of DAISY (``daisy``, ``daisy_steps``, ``schemas``) and the installed packages' folders."""
-    digest = hashlib.sha256(f"{sys.executable}|{sys.version}|{os.getuid()}|{sys.prefix}".encode())
+    file of DAISY (``daisy``, ``daisy_steps``, ``schemas``) and the installed packages' folders;
+    and the caller's :func:`confinement` (a caller in a Slurm job never reaches a server outside it)."""
+    digest = hashlib.sha256(f"{sys.executable}|{sys.version}|{os.getuid()}|{sys.prefix}|{confinement()}".encode())
     for root in _SOURCES:
         for path in sorted(root.rglob("*")):
             if path.suffix in (".py", ".json"):

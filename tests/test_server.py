@@ -135,5 +135,7 @@ def test_changed_code_gets_its_own_server(tmp_path, monkeypatch):
     assert server.socket_path() == before                    # stable while nothing changes
     (tree / "a.py").write_text("A = 22\n")
     assert server.socket_path() != before
+    monkeypatch.setattr(server, "confinement", lambda: "0::/system.slice/slurmstepd.scope/job_42")
+    assert server.socket_path() != before                    # another cgroup or limits: another server
     monkeypatch.setenv(server.SERVER_ENV, "0")
     assert not server.enabled()
