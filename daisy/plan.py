@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daisy_steps.core import JOB_VERSION
+from daisy_steps.core import JOB_VERSION, external_inputs
 from daisy_steps.errors import StepError
 from daisy_steps.fileio import FileRef
 from daisy_steps.pin import code_sha256
@@ -146,8 +146,9 @@ class Run:
         if name in self.jobs:
             raise StepError(f"job {name} is planned twice (two scans or blocks with one name)")
         outputs = {slot: self.output(stage, slot, index) for slot in self.outputs[stage]}
-        job = Job(name, st, steps, _step_inputs(steps, extra_inputs, own={*outputs.values(), self.record_file(name)}),
-                  outputs, threads, mem_mb, runtime_min, _index(index) if index is not None else None)
+        inputs = list(dict.fromkeys([*external_inputs(steps, self.record_file(name)), *map(str, extra_inputs)]))
+        job = Job(name, st, steps, inputs, outputs, threads, mem_mb, runtime_min,
+                  _index(index) if index is not None else None)
         _check_job(job)
         self.jobs[name] = job
         return job
@@ -188,13 +189,6 @@ class Run:
             "record": self.record_file(name), "code_sha256": self.code_sha256,
             "image": {"name": job.image, "version": entry.get("version"), "sha256": entry.get("image_sha256")},
         }
-
-
-def _step_inputs(steps: list[dict[str, Any]], extra: tuple[str, ...], own: set[str] = frozenset()) -> list[str]:
-    """The files a job's steps read, less those the job makes itself (``own``: its outputs and
-    record, which a later step of the job may read, e.g. a gather in the job that made the slab)."""
-    files = [str(FileRef.parse(v).path) for s in steps for v in s.get("inputs", {}).values()]
-    return [f for f in dict.fromkeys([*files, *map(str, extra)]) if f not in own]
 
 
 def _check_job(job: Job) -> None:

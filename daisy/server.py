@@ -111,18 +111,14 @@ def run_through_server(argv: list[str]) -> int | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     path = socket_path()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
+    conn = _connect(path)
+    if conn is None:
         start(path)
         return None
     with conn:
-        body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}).encode()
+        message = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}
         try:
-            socket.send_fds(conn, [len(body).to_bytes(8, "big")], [0, 1, 2])
-            conn.sendall(body)
+            _send(conn, message, [0, 1, 2])
             lines = conn.makefile("rb")
             first = lines.readline()
         except OSError:                       # a closed standard stream, or the server went away
@@ -183,18 +179,34 @@ def log_path(path: Path) -> Path:
 
 def request(path: Path, message: dict) -> dict | None:
     """A control request (``status``, ``stop``) to the server at ``path``; None if none answers."""
+    conn = _connect(path)
+    if conn is None:
+        return None
+    with conn:
+        try:
+            _send(conn, message, [])
+            reply = conn.makefile("rb").readline()
+        except OSError:
+            return None
+    return json.loads(reply) if reply else None
+
+
+def _connect(path: Path) -> socket.socket | None:
+    """A connection to the server at ``path``; None if none listens there."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
     except OSError:
         conn.close()
         return None
-    with conn:
-        body = json.dumps(message).encode()
-        socket.send_fds(conn, [len(body).to_bytes(8, "big")], [])
-        conn.sendall(body)
-        reply = conn.makefile("rb").readline()
-    return json.loads(reply) if reply else None
+    return conn
+
+
+def _send(conn: socket.socket, message: dict, fds: list[int]) -> None:
+    """``message`` as JSON after its length (8 bytes), which carries ``fds`` (:func:`_receive`)."""
+    body = json.dumps(message).encode()
+    socket.send_fds(conn, [len(body).to_bytes(8, "big")], fds)
+    conn.sendall(body)
 
 
 # -- the server's side ---------------------------------------------------------------------------
@@ -267,6 +279,7 @@ def _still_ours(path: Path, inode: int) -> bool:
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """What :func:`_send` sent: the message and the descriptors that came with it."""
     head, fds, _, _ = socket.recv_fds(conn, 8, 3)
     size = int.from_bytes(head, "big")
     body = b""

@@ -361,14 +361,19 @@ def _check_paths(job: dict[str, Any]) -> None:
                 raise StepError(f"step {entry['step']}: output '{slot}' ({text}) would overwrite an input")
 
 
+def external_inputs(steps: list[Any], record: str | None = None) -> list[str]:
+    """The files a chain of steps reads that it does not make itself (its outputs, and its job's
+    ``record``, which a gather in the job may read), in step order, each once."""
+    steps = [s for s in steps if isinstance(s, dict)]
+    own = {os.path.abspath(FileRef.parse(v).path) for s in steps for v in s.get("outputs", {}).values()}
+    if record:
+        own.add(os.path.abspath(record))
+    paths = dict.fromkeys(str(FileRef.parse(v).path) for s in steps for v in s.get("inputs", {}).values())
+    return [p for p in paths if os.path.abspath(p) not in own]
+
+
 def _external_inputs(job: dict[str, Any]) -> set[Path]:
-    """The files a job reads that it does not make itself (its outputs, its own record)."""
-    steps = [s for s in job.get("steps", []) if isinstance(s, dict)]
-    own = {Path(os.path.abspath(FileRef.parse(v).path)) for s in steps for v in s.get("outputs", {}).values()}
-    if job.get("record"):
-        own.add(Path(os.path.abspath(job["record"])))
-    paths = {FileRef.parse(v).path for s in steps for v in s.get("inputs", {}).values()}
-    return {p for p in paths if Path(os.path.abspath(p)) not in own}
+    return {Path(p) for p in external_inputs(job.get("steps", []), job.get("record"))}
 
 
 def job_image(job: dict[str, Any]) -> str | None:

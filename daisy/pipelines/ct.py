@@ -257,10 +257,11 @@ def volume_slot(slot: str) -> str:
     return VOLUME_SLAB_SLOTS.get(slot, f"slab_{slot}")
 
 
-def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None, one_job: bool = False) -> None:
+def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None, one_job: bool = False) -> list[str]:
     """The run's stages and the outputs this config asks for (``parts``: the row files of
     ct_rows, when the raw frames are read once; ``one_job``: one slab job, run with the gather
-    as ct_volume, whose outputs are the slab job's (index 0000) and the gather's)."""
+    as ct_volume, whose outputs are the slab job's (index 0000) and the gather's). Returns the
+    gather's output slots."""
     save = run.config["save"]
     run.add_stage(ROWS, {slot: Output(f"ct/rows/{slot}.h5", temp=True) for slot in parts or {}})
     run.add_stage(CENTER, {"center": "ct/center.json"})
@@ -281,6 +282,7 @@ def add_stages(run: Run, parts: dict[str, tuple[int, int]] | None = None, one_jo
         run.add_stage(SLAB, slab)
         run.add_stage(GATHER, gather)
         run.add_stage(VOLUME, {})
+    return list(gather)
 
 
 #: slabs.read_once auto: the raw file is split for its readers when reading it whole once per
@@ -325,7 +327,7 @@ def plan(run: Run) -> None:
         if centre:
             parts["rows_center"] = centre
     one_job = len(groups) == 1
-    add_stages(run, parts, one_job)
+    gather_slots = add_stages(run, parts, one_job)
 
     def slab_output(slot: str, index: int) -> str:
         return run.output("ct_volume", volume_slot(slot)) if one_job else run.output("ct_slab", slot, index)
@@ -388,9 +390,7 @@ def plan(run: Run) -> None:
                *([VOLUME.job_name()] if one_job else (SLAB.job_name(i) for i in range(len(groups))))]
     records = {f"record_{name}": run.record_file(name) for name in made_by}
     gather_stage = "ct_volume" if one_job else "ct_gather"
-    outputs = {slot: run.output(gather_stage, slot) for slot in ("volume", "preview_xy", "preview_xz", "preview_yz",
-                                                                  "tiff", *(f"stage_{n}" for n in save["stages"]))
-               if slot in run.outputs[gather_stage]}
+    outputs = {slot: run.output(gather_stage, slot) for slot in gather_slots}
     volume_outputs = {slot: path for slot, path in outputs.items() if not slot.startswith("stage_")}
     gathers = [{"step": "ct.gather", "params": {}, "inputs": {**slabs, **records}, "outputs": volume_outputs}]
     for name in save["stages"]:
